@@ -1,0 +1,5 @@
+import sys
+
+from mepoly_il.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: ManiSkill h5 -> zarr, the zarr store, windows, stats, the LightningDataModule, LeRobot export."""

@@ -1,0 +1,77 @@
+"""IL policies (MePoly, Diffusion Policy) behind one protocol, and :func:`load_policy`.
+
+Checkpoint contract (every Lightning module in this package writes it):
+
+* the file loads with ``torch.load(path, weights_only=True)``: hyperparameters are primitives, so loading a
+  downloaded checkpoint never unpickles arbitrary objects;
+* ``ckpt["mepoly_il"]`` = ``{"format_version": 1, "policy": "mepoly" | "dp", "dataset": {...provenance...,
+  "episode_seeds": [...]}}``;
+* ``ckpt["hyper_parameters"]`` rebuilds the network; ``ckpt["state_dict"]`` holds the weights to act with (the EMA
+  weights when the EMA callback ran), with the policy under the ``policy.`` prefix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mepoly_il.errors import UserError
+from mepoly_il.policies.base import BasePolicy
+
+CHECKPOINT_FORMAT_VERSION = 1
+
+#: policy kind -> "module:function" building a BasePolicy from a loaded checkpoint dict.
+POLICY_LOADERS = {
+    "mepoly": "mepoly_il.policies.mepoly.policy:policy_from_checkpoint",
+    "dp": "mepoly_il.policies.diffusion.policy:policy_from_checkpoint",
+}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``); UserError for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; pass the path of a .ckpt written by `mepoly-il fit`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"{path}: refused to load: the checkpoint contains objects other than tensors and primitive values "
+            f"({str(err).splitlines()[0][:160]}); only checkpoints written by mepoly-il are accepted"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise UserError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+            "it may be truncated, re-run training or pick another checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict) or "mepoly_il" not in ckpt or "state_dict" not in ckpt:
+        raise UserError(f"{path}: not a mepoly-il policy checkpoint (no 'mepoly_il' section); use a .ckpt from fit")
+    return ckpt
+
+
+def policy_state_dict(ckpt: dict[str, Any], prefix: str = "policy.") -> dict[str, torch.Tensor]:
+    """The ``policy.``-prefixed slice of a Lightning state dict, prefix stripped."""
+    return {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+
+
+def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> BasePolicy:
+    """Load any policy checkpoint written by this project, in eval mode, on ``device``."""
+    ckpt = read_checkpoint(path)
+    info = ckpt["mepoly_il"]
+    kind = info.get("policy")
+    if kind not in POLICY_LOADERS:
+        raise UserError(f"{path}: unknown policy kind {kind!r}; expected one of {sorted(POLICY_LOADERS)}")
+    module_name, fn_name = POLICY_LOADERS[kind].split(":")
+    policy: BasePolicy = getattr(importlib.import_module(module_name), fn_name)(ckpt)
+    policy.meta = dict(info)
+    policy.meta["checkpoint"] = str(path)
+    return policy.to(device).eval()
+
+
+__all__ = ["BasePolicy", "load_policy", "read_checkpoint", "policy_state_dict", "CHECKPOINT_FORMAT_VERSION"]
