@@ -1,0 +1,455 @@
+"""The polynomial core against independent truths (closed forms, numpy/scipy quadrature, sampling tests).
+
+The reference values here never go through ``mepoly_il.poly``: they use numpy's Legendre module, scipy's
+adaptive quadrature or closed forms.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from numpy.polynomial import legendre as npleg
+from scipy import integrate, special, stats
+
+from mepoly_il.poly import PolynomialFamily, QuadratureWarning, multi_indices
+
+# ----------------------------------------------------------------------------- independent references
+
+
+def np_features(x: np.ndarray, mi: np.ndarray, basis: str) -> np.ndarray:
+    """Features with numpy only: x (N, d), mi (F, d) -> (N, F)."""
+    out = np.ones((x.shape[0], mi.shape[0]))
+    for j in range(mi.shape[1]):
+        for f, k in enumerate(mi[:, j]):
+            if basis == "legendre":
+                coeffs = np.zeros(k + 1)
+                coeffs[k] = 1.0
+                out[:, f] *= npleg.legval(x[:, j], coeffs)
+            else:
+                out[:, f] *= x[:, j] ** k
+    return out
+
+
+def np_grid(dim: int, n: int):
+    """Tensor Gauss-Legendre grid with numpy: points (n^d, d), weights (n^d,)."""
+    x, w = npleg.leggauss(n)
+    pts = np.stack(np.meshgrid(*([x] * dim), indexing="ij"), -1).reshape(-1, dim)
+    wts = np.prod(np.stack(np.meshgrid(*([w] * dim), indexing="ij"), -1).reshape(-1, dim), axis=1)
+    return pts, wts
+
+
+def np_stats(lam: np.ndarray, dim: int, order: int, basis: str = "legendre", n: int = 200):
+    """log Z, entropy and E[T] by a dense numpy Gauss-Legendre rule (n nodes per dim)."""
+    mi = multi_indices(dim, order).numpy()
+    pts, wts = np_grid(dim, n)
+    phi = np_features(pts, mi, basis)
+    ell = phi @ lam
+    a = ell + np.log(wts)
+    log_z = special.logsumexp(a)
+    p = np.exp(a - log_z)
+    return log_z, log_z - p @ ell, p @ phi
+
+
+def rand_params(family: PolynomialFamily, *shape: int, scale: float = 0.3, seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, family.num_features, generator=g, dtype=dtype) * scale
+
+
+# ----------------------------------------------------------------------------------------- structure
+
+
+def test_multi_indices_exclude_constant_and_count():
+    for d, k in [(1, 1), (2, 5), (3, 8), (4, 3)]:
+        mi = multi_indices(d, k)
+        assert mi.shape == (math.comb(d + k, d) - 1, d)
+        deg = mi.sum(1)
+        assert deg.min() == 1 and deg.max() == k
+        assert torch.all(deg[1:] >= deg[:-1])  # graded order
+        assert len({tuple(r) for r in mi.tolist()}) == mi.shape[0]
+    assert multi_indices(2, 2).tolist() == [[1, 0], [0, 1], [2, 0], [1, 1], [0, 2]]
+
+
+@pytest.mark.parametrize("basis", ["legendre", "monomial"])
+def test_features_match_numpy(basis):
+    fam = PolynomialFamily(3, 5, basis=basis)
+    x = np.random.default_rng(0).uniform(-1, 1, size=(50, 3))
+    ours = fam.features(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, np_features(x, fam.multi_indices.numpy(), basis), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- uniform + closed forms
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("basis", ["legendre", "monomial"])
+def test_uniform_case(dim, dtype, basis):
+    fam = PolynomialFamily(dim, 4, basis=basis)
+    dist = fam(torch.zeros(fam.num_features, dtype=dtype))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert abs(dist.log_partition.item() - dim * math.log(2)) < tol
+    assert abs(dist.entropy().item() - dim * math.log(2)) < tol
+    assert dist.mean.abs().max().item() < tol
+    x = dist.sample((4000,))
+    assert x.dtype == dtype and x.shape == (4000, dim)
+    assert torch.allclose(dist.log_prob(x), torch.full((4000,), -dim * math.log(2), dtype=dtype), atol=tol)
+    # uniform marginals: KS on each coordinate
+    for j in range(dim):
+        assert stats.kstest(x[:, j].double().numpy(), stats.uniform(-1, 2).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("a", [-4.0, 0.7, 6.0])
+def test_truncated_exponential_closed_form(a):
+    """Natural params only on degree 1: p(x) ~ exp(a x) on [-1, 1]."""
+    fam = PolynomialFamily(1, 3)
+    dist = fam(torch.tensor([a, 0.0, 0.0], dtype=torch.float64))
+    log_z = math.log(2 * math.sinh(a) / a)
+    mean = 1 / math.tanh(a) - 1 / a
+    assert abs(dist.log_partition.item() - log_z) < 1e-10
+    assert abs(dist.mean.item() - mean) < 1e-10
+    assert abs(dist.entropy().item() - (log_z - a * mean)) < 1e-10
+    assert abs(dist.mode.item() - math.copysign(1.0, a)) < 1e-9
+    # the sampler must not under-sample the edge where the density is largest (paper's trapezoid bug)
+    torch.manual_seed(1)
+    x = dist.sample((50000,))[:, 0].numpy()
+    cdf = lambda t: (np.exp(a * t) - math.exp(-a)) / (math.exp(a) - math.exp(-a))  # noqa: E731
+    assert stats.kstest(x, cdf).pvalue > 1e-3
+
+
+def test_truncated_gaussian_closed_form_both_bases():
+    """Degree 2 only: exp(-c x^2) is a truncated Gaussian; Legendre P2 = (3x^2 - 1) / 2 shifts log Z by a constant."""
+    c = 3.0
+    log_z_mono = math.log(math.sqrt(math.pi / c) * math.erf(math.sqrt(c)))
+    mono = PolynomialFamily(1, 2, basis="monomial")(torch.tensor([0.0, -c], dtype=torch.float64))
+    assert abs(mono.log_partition.item() - log_z_mono) < 1e-10
+    lam2 = -c / 1.5
+    leg = PolynomialFamily(1, 2)(torch.tensor([0.0, lam2], dtype=torch.float64))
+    assert abs(leg.log_partition.item() - (log_z_mono - lam2 / 2)) < 1e-10
+    x = torch.linspace(-1, 1, 11, dtype=torch.float64)[:, None]
+    assert torch.allclose(mono.log_prob(x), leg.log_prob(x), atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------- random params vs numpy/scipy
+
+
+@pytest.mark.parametrize("dim,order,n_ref", [(1, 10, 200), (2, 6, 120), (3, 4, 48)])
+@pytest.mark.parametrize("basis", ["legendre", "monomial"])
+def test_log_partition_entropy_grad_against_numpy(dim, order, n_ref, basis):
+    fam = PolynomialFamily(dim, order, basis=basis, tol=1e-10)  # tight tol: the refinement must reach it
+    lam = rand_params(fam, 3, scale=0.6, seed=dim)
+    lam.requires_grad_(True)
+    dist = fam(lam)
+    log_z = dist.log_partition
+    (grad,) = torch.autograd.grad(log_z.sum(), lam)
+    for b in range(3):
+        ref_z, ref_h, ref_et = np_stats(lam[b].detach().numpy(), dim, order, basis, n=n_ref)
+        assert abs(log_z[b].item() - ref_z) < 1e-9
+        assert abs(dist.entropy()[b].item() - ref_h) < 1e-8
+        # exponential-family identity: grad log Z = E[T(x)]
+        np.testing.assert_allclose(grad[b].numpy(), ref_et, atol=1e-7)
+
+
+def test_log_partition_1d_against_scipy_quad():
+    lam = rand_params(PolynomialFamily(1, 8), scale=1.5, seed=3)
+    mi = multi_indices(1, 8).numpy()
+    f = lambda t: math.exp(float(np_features(np.array([[t]]), mi, "legendre")[0] @ lam.numpy()))  # noqa: E731
+    z, _ = integrate.quad(f, -1, 1, epsabs=1e-13, epsrel=1e-13, limit=200)
+    default = PolynomialFamily(1, 8)(lam)
+    assert abs(default.log_partition.item() - math.log(z)) < default.family.tol
+    assert abs(default.log_partition.item() - math.log(z)) <= default.log_partition_error.item()  # conservative
+    tight = PolynomialFamily(1, 8, tol=1e-11)(lam)
+    assert abs(tight.log_partition.item() - math.log(z)) < 1e-10
+
+
+def test_entropy_gradient_gradcheck():
+    fam = PolynomialFamily(2, 3)
+    lam = rand_params(fam, 2, scale=0.5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: fam(t).entropy(), (lam,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda t: fam(t).mean, (lam,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim,order", [(1, 8), (2, 6)])
+def test_density_integrates_to_one(dim, order):
+    """exp(log_prob) integrates to 1 by an independent rule (midpoint sums + Richardson extrapolation)."""
+    fam = PolynomialFamily(dim, order)
+    dist = fam(rand_params(fam, scale=0.8, seed=7))
+
+    def midpoint(m: int) -> float:
+        c = (np.arange(m) + 0.5) / m * 2 - 1
+        pts = torch.from_numpy(np.stack(np.meshgrid(*([c] * dim), indexing="ij"), -1).reshape(-1, dim))
+        return dist.log_prob(pts).exp().sum().item() * (2 / m) ** dim
+
+    m = 2000 if dim == 1 else 250
+    total = (4 * midpoint(2 * m) - midpoint(m)) / 3  # midpoint error is O(h^2)
+    assert abs(total - 1) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------- sampling
+
+
+def test_sampling_ks_peaked_bimodal_1d():
+    """Two narrow modes near +-0.6 (monomial order 4: -c (x^2 - 0.36)^2) plus a tilt."""
+    c = 60.0
+    lam = torch.tensor([0.8, 2 * 0.36 * c, 0.0, -c], dtype=torch.float64)
+    dist = PolynomialFamily(1, 4, basis="monomial")(lam)
+    torch.manual_seed(0)
+    x = dist.sample((40000,))[:, 0].numpy()
+    grid = np.linspace(-1, 1, 200001)
+    dens = np.exp(0.8 * grid + 2 * 0.36 * c * grid**2 - c * grid**4)
+    cdf = integrate.cumulative_trapezoid(dens, grid, initial=0.0)
+    cdf /= cdf[-1]
+    res = stats.kstest(x, lambda t: np.interp(t, grid, cdf))
+    assert res.pvalue > 1e-3, res
+    assert (x > 0).mean() > 0.5  # the tilt favours the right mode
+
+
+def test_sampling_chi_square_2d_multimodal():
+    """Four-mode 2-D density; chi-square on a 12 x 12 binning with bin masses from numpy quadrature."""
+    c = 12.0
+    fam = PolynomialFamily(2, 4, basis="monomial")
+    mi = [tuple(r) for r in fam.multi_indices.tolist()]
+    lam = torch.zeros(fam.num_features, dtype=torch.float64)
+    # -c (x^2 - 0.3)^2 - c (y^2 - 0.3)^2 + 1.5 x y  (modes near the four (+-0.55, +-0.55))
+    lam[mi.index((2, 0))] = lam[mi.index((0, 2))] = 2 * 0.3 * c
+    lam[mi.index((4, 0))] = lam[mi.index((0, 4))] = -c
+    lam[mi.index((1, 1))] = 1.5
+    dist = fam(lam)
+    torch.manual_seed(0)
+    x = dist.sample((30000,)).numpy()
+    edges = np.linspace(-1, 1, 13)
+    counts, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=[edges, edges])
+    # bin masses: 8-point Gauss-Legendre per bin and dim, numpy only
+    gx, gw = npleg.leggauss(8)
+    mass = np.zeros((12, 12))
+    for i in range(12):
+        for j in range(12):
+            xs = edges[i] + (gx + 1) / 2 * (edges[i + 1] - edges[i])
+            ys = edges[j] + (gx + 1) / 2 * (edges[j + 1] - edges[j])
+            xx, yy = np.meshgrid(xs, ys, indexing="ij")
+            f = np.exp(2 * 0.3 * c * (xx**2 + yy**2) - c * (xx**4 + yy**4) + 1.5 * xx * yy)
+            mass[i, j] = (f * np.outer(gw, gw)).sum() * (1 / 6) ** 2
+    expected = mass / mass.sum() * len(x)
+    keep = expected > 5
+    chi2 = ((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum()
+    pval = stats.chi2.sf(chi2, keep.sum() - 1)
+    assert pval > 1e-3, (chi2, keep.sum())
+    assert x.min() >= -1 and x.max() <= 1
+    # continuous draws: no lattice
+    assert len(np.unique(x[:, 0])) > 0.99 * len(x)
+
+
+def test_sampling_3d_marginal_means_match_quadrature():
+    fam = PolynomialFamily(3, 4)
+    lam = rand_params(fam, 2, scale=0.8, seed=5)
+    dist = fam(lam)
+    torch.manual_seed(0)
+    x = dist.sample((4000,))
+    mean = x.mean(0)
+    se = x.std(0) / math.sqrt(4000)
+    assert torch.all((mean - dist.mean).abs() < 5 * se)
+
+
+def test_log_prob_is_density_of_samples_at_the_boundary():
+    """No clamping mismatch: log_prob at exactly +-1 equals the energy there minus log Z."""
+    fam = PolynomialFamily(2, 3)
+    lam = rand_params(fam, scale=1.0)
+    dist = fam(lam)
+    corner = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    expect = (fam.features(corner) * lam).sum(-1) - dist.log_partition
+    assert torch.allclose(dist.log_prob(corner), expect)
+
+
+# ----------------------------------------------------------------------------------------- shapes and dtypes
+
+
+@pytest.mark.parametrize("batch", [(), (5,), (3, 4)])
+def test_batch_shapes(batch):
+    fam = PolynomialFamily(2, 3)
+    dist = fam(rand_params(fam, *batch))
+    assert dist.batch_shape == batch and dist.event_shape == (2,)
+    assert dist.log_partition.shape == batch
+    assert dist.entropy().shape == batch
+    assert dist.mean.shape == (*batch, 2)
+    assert dist.mode.shape == (*batch, 2)
+    x = dist.sample((7,))
+    assert x.shape == (7, *batch, 2)
+    assert dist.log_prob(x).shape == (7, *batch)
+    assert dist.sample().shape == (*batch, 2)
+    assert dist.log_prob(torch.zeros(2, dtype=torch.float64)).shape == batch  # broadcasts
+
+
+def test_float32_matches_float64():
+    fam = PolynomialFamily(3, 6)
+    lam = rand_params(fam, 16, scale=0.3)
+    d64, d32 = fam(lam), fam(lam.float())
+    assert d32.log_partition.dtype == torch.float32
+    assert (d32.log_partition.double() - d64.log_partition).abs().max() < 1e-5
+    assert (d32.entropy().double() - d64.entropy()).abs().max() < 5e-5
+
+
+def test_chunking_does_not_change_values_or_gradients():
+    big = PolynomialFamily(2, 5)
+    small = PolynomialFamily(2, 5, chunk_bytes=4096)  # forces one row per chunk, checkpointed
+    lam = rand_params(big, 9, scale=0.5)
+    outs = []
+    for fam in (big, small):
+        t = lam.clone().requires_grad_(True)
+        d = fam(t)
+        (d.log_partition.sum() + 0.3 * d.entropy().sum()).backward()
+        outs.append((d.log_partition.detach(), t.grad))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-12)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-12)
+
+
+def test_clip_hard_and_soft():
+    fam = PolynomialFamily(1, 2, clip=5.0)
+    d = fam(torch.tensor([10.0, -7.0], dtype=torch.float64))
+    ref = PolynomialFamily(1, 2)(torch.tensor([5.0, -5.0], dtype=torch.float64))
+    assert torch.allclose(d.log_partition, ref.log_partition)
+    soft = PolynomialFamily(1, 2, clip=5.0, soft_clip=True)
+    t = torch.tensor([10.0, -7.0], dtype=torch.float64, requires_grad=True)
+    soft(t).log_partition.backward()
+    assert torch.all(t.grad.abs() > 0)  # tanh clip keeps gradients alive
+    assert torch.all(soft.clip_params(t).abs() < 5.0)
+
+
+def test_mode_and_mean_of_a_gaussian_bump():
+    a, b, c = 0.3, -0.2, 40.0
+    fam = PolynomialFamily(2, 2, basis="monomial")
+    lam = torch.tensor([2 * c * a, 2 * c * b, -c, 0.0, -c], dtype=torch.float64)
+    d = fam(lam)
+    assert torch.allclose(d.mode, torch.tensor([a, b], dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(d.mean, torch.tensor([a, b], dtype=torch.float64), atol=1e-4)
+
+
+def test_trapezoid_rule_matches_the_paper_reference():
+    from mepoly_il.bench.poly_reference import ReferencePolynomial
+
+    fam = PolynomialFamily(2, 5, quadrature="trapezoid", nodes=64, check=False)
+    lam = rand_params(fam, 4, scale=0.5)
+    ref = ReferencePolynomial(2, 5, grid_size=64, dtype=torch.float64)
+    full = ref.params_from(lam, fam.multi_indices)  # the reference keeps the constant and its own order
+    z_ref, h_ref = ref.log_partition_and_entropy(full)
+    d = fam(lam)
+    assert torch.allclose(d.log_partition, z_ref, atol=1e-10)
+    assert torch.allclose(d.entropy(), h_ref, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------- under-resolution
+
+
+def test_peaked_density_is_refined_not_silently_wrong():
+    fam = PolynomialFamily(1, 8)
+    lam = rand_params(fam, 4, scale=12.0, seed=11)
+    d = fam(lam)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QuadratureWarning)
+        log_z = d.log_partition
+    assert d.quadrature_nodes.max() > fam.nodes  # refined
+    for b in range(4):
+        ref_z, ref_h, _ = np_stats(lam[b].numpy(), 1, 8, n=400)
+        assert abs(log_z[b].item() - ref_z) < fam.tol
+        assert abs(d.entropy()[b].item() - ref_h) < 10 * fam.tol
+
+
+def test_under_resolved_warns_loudly():
+    fam = PolynomialFamily(2, 8, max_nodes=28)
+    lam = rand_params(fam, 2, scale=6.0, seed=2)
+    with pytest.warns(QuadratureWarning, match="under-resolved"):
+        d = fam(lam)
+        d.log_partition  # noqa: B018
+    assert (d.log_partition_error > fam.tol).any()
+
+
+def test_trapezoid_error_estimate_flags_edge_heavy_density():
+    fam = PolynomialFamily(1, 2, quadrature="trapezoid", nodes=64, max_nodes=64)
+    d = fam(torch.tensor([8.0, 3.0], dtype=torch.float64))
+    with pytest.warns(QuadratureWarning):
+        err_est = d.log_partition_error.item()
+    true = abs(d.log_partition.item() - np_stats(np.array([8.0, 3.0]), 1, 2, n=200)[0])
+    assert err_est > 0.3 * true  # the Richardson estimate sees the actual error
+
+
+# ----------------------------------------------------------------------------------------- scalable normaliser
+
+
+@pytest.mark.parametrize("dim,n_ref", [(4, 16), (6, 9)])
+def test_qmc_normaliser_against_gauss_grid(dim, n_ref):
+    fam = PolynomialFamily(dim, 4, quadrature="qmc")
+    lam = rand_params(fam, 3, scale=0.1, seed=dim)
+    torch.manual_seed(0)
+    d = fam(lam)
+    ref = PolynomialFamily(dim, 4, quadrature="gauss", nodes=n_ref, check=False)(lam)
+    err = (d.log_partition - ref.log_partition).abs()
+    assert err.max() < 3e-3, err
+    assert (d.entropy() - ref.entropy()).abs().max() < 5e-3
+    # the reported error estimate is of the right size (within 10x either way of the actual error)
+    assert (d.log_partition_error > 0).all()
+    assert (d.log_partition_error * 10 > err).all()
+    x = d.sample((50,))
+    assert x.shape == (50, 3, dim) and x.abs().max() <= 1
+
+
+def test_auto_picks_qmc_for_high_dims_and_refuses_huge_grids():
+    assert PolynomialFamily(2, 8).quadrature == "gauss"
+    assert PolynomialFamily(6, 4).quadrature == "qmc"
+    with pytest.raises(ValueError, match="max_grid_bytes"):
+        PolynomialFamily(6, 8, quadrature="gauss")
+
+
+# ----------------------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="dim"):
+        PolynomialFamily(0, 3)
+    with pytest.raises(ValueError, match="order"):
+        PolynomialFamily(2, 0)
+    with pytest.raises(ValueError, match="basis"):
+        PolynomialFamily(2, 3, basis="chebyshev")
+    with pytest.raises(ValueError, match="quadrature"):
+        PolynomialFamily(2, 3, quadrature="simpson")
+    fam = PolynomialFamily(2, 3)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 9\)"):
+        fam(torch.zeros(4, 8))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        fam(torch.zeros(4, 9, dtype=torch.long))
+    d = fam(torch.zeros(4, 9), validate_args=True)
+    with pytest.raises(ValueError, match="largest violation is 0.5"):
+        d.log_prob(torch.tensor([[0.0, 1.5]]))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 2\)"):
+        d.log_prob(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="broadcast"):
+        d.log_prob(torch.zeros(5, 2))
+    d.log_prob(torch.full((4, 2), 1.0 + 1e-7))  # rounding tolerance
+    with pytest.raises(ValueError, match="non-finite"):
+        fam(torch.full((9,), float("nan")), validate_args=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    fam = PolynomialFamily(3, 6)
+    lam = rand_params(fam, 64, scale=0.3, dtype=torch.float32)
+    cpu = fam(lam)
+    gpu_lam = lam.cuda().requires_grad_(True)
+    gpu = fam(gpu_lam)
+    assert torch.allclose(gpu.log_partition.cpu(), cpu.log_partition, atol=1e-4)
+    assert torch.allclose(gpu.entropy().cpu(), cpu.entropy(), atol=1e-4)
+    gpu.log_partition.sum().backward()
+    assert gpu_lam.grad.is_cuda and torch.isfinite(gpu_lam.grad).all()
+    x = gpu.sample((10,))
+    assert x.is_cuda and x.shape == (10, 64, 3)
+    assert gpu.mode.is_cuda
+
+
+def test_entropy_is_minus_expected_log_prob_of_samples():
+    fam = PolynomialFamily(2, 6)
+    dist = fam(rand_params(fam, scale=0.7, seed=9))
+    torch.manual_seed(3)
+    lp = dist.log_prob(dist.sample((20000,)))
+    se = lp.std().item() / math.sqrt(lp.numel())
+    assert abs(dist.entropy().item() + lp.mean().item()) < 4 * se
