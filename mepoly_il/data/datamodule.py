@@ -1,0 +1,180 @@
+"""``DemoDataModule``: windows of normalized states and actions from a mepoly-il zarr dataset.
+
+Right after ``__init__`` (which reads only the zarr metadata) the module exposes ``obs_dim``, ``act_dim``, ``meta``
+(provenance + ``episode_seeds``), ``obs_bounds`` and ``act_bounds`` so LightningCLI can link them into the model and
+the policy can store the very same normalizer bounds. ``setup()`` loads all arrays into RAM once (zarr reads cost
+~300 µs each and zarr-3's asyncio thread does not mix with forked workers), normalizes them to [-1, 1], and cuts
+windows (:mod:`mepoly_il.data.windows`). A batch is a dict::
+
+    obs            (B, To, Ds) float32   normalized states, edge-padded
+    action         (B, T, Da)  float32   normalized actions, edge-padded
+    obs_is_pad     (B, To)     bool
+    action_is_pad  (B, T)      bool
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from mepoly_il.data.normalize import DEFAULT_MARGIN, minmax_bounds
+from mepoly_il.data.windows import check_horizons, gather_indices, split_episodes, window_starts
+from mepoly_il.data.zarr_io import PROVENANCE_KEYS, episode_seeds, load_arrays, read_info
+from mepoly_il.errors import UserError
+
+
+def normalize_array(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(..., D) -> (..., D) float32 mapped by [lo, hi] -> [-1, 1] (same affine map as ``Normalizer``)."""
+    return (2.0 * (x - lo) / (hi - lo) - 1.0).astype(np.float32)
+
+
+class WindowDataset(Dataset):
+    """Windows over in-RAM normalized arrays. Indexing with an int gives one sample; with a list/array of ints it
+    gives a whole batch through one numpy gather (used with a ``BatchSampler`` and ``batch_size=None``)."""
+
+    def __init__(
+        self,
+        state: np.ndarray,
+        action: np.ndarray,
+        episode_ends: np.ndarray,
+        episodes: np.ndarray,
+        obs_horizon: int,
+        pred_horizon: int,
+        pad_after: int | None = None,
+    ) -> None:
+        self.state, self.action = state, action
+        self.obs_horizon, self.pred_horizon = obs_horizon, pred_horizon
+        self.starts, self.begin, self.end = window_starts(episode_ends, episodes, obs_horizon, pred_horizon, pad_after)
+
+    def __len__(self) -> int:
+        return int(len(self.starts))
+
+    def get_batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        """(B,) window indices -> batch dict (see module docstring)."""
+        s, b, e = self.starts[index], self.begin[index], self.end[index]
+        obs_idx, obs_pad = gather_indices(s, b, e, self.obs_horizon)
+        act_idx, act_pad = gather_indices(s, b, e, self.pred_horizon)
+        return {
+            "obs": torch.from_numpy(self.state[obs_idx]),
+            "action": torch.from_numpy(self.action[act_idx]),
+            "obs_is_pad": torch.from_numpy(obs_pad),
+            "action_is_pad": torch.from_numpy(act_pad),
+        }
+
+    def __getitem__(self, index: Any) -> dict[str, torch.Tensor]:
+        if isinstance(index, int | np.integer):
+            batch = self.get_batch(np.asarray([index]))
+            return {k: v[0] for k, v in batch.items()}
+        return self.get_batch(np.asarray(index, dtype=np.int64))
+
+
+class DemoDataModule(L.LightningDataModule):
+    """Demo windows for imitation learning from a mepoly-il zarr dataset.
+
+    Args:
+        path: the ``.zarr`` dataset (``mepoly-il data prepare`` writes one).
+        obs_horizon: To, observations per window.
+        act_horizon: Ta, actions executed per chunk (only validated here; the policy uses it).
+        pred_horizon: T, actions per window. Needs ``To + Ta - 1 <= T``.
+        batch_size: windows per batch.
+        val_ratio: fraction of whole episodes held out for validation; 0 gives no validation loader.
+        num_workers: DataLoader workers (0 is usually fastest: a batch is one numpy gather).
+        seed: seed of the train/val episode split and of the shuffling.
+        max_episodes: use only the first N episodes (ManiSkill's ``--num-demos`` convention); None = all.
+        norm_margin: relative margin of the min-max normalizer (see ``normalize.minmax_bounds``).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        obs_horizon: int = 2,
+        act_horizon: int = 8,
+        pred_horizon: int = 16,
+        batch_size: int = 256,
+        val_ratio: float = 0.1,
+        num_workers: int = 0,
+        seed: int = 0,
+        max_episodes: int | None = None,
+        norm_margin: float = DEFAULT_MARGIN,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        check_horizons(obs_horizon, act_horizon, pred_horizon)
+        if batch_size < 1:
+            raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
+        if max_episodes is not None and max_episodes < 1:
+            raise UserError(f"data.max_episodes must be >= 1 or null, got {max_episodes}")
+        if not 0.0 <= norm_margin < 1.0:
+            raise UserError(f"data.norm_margin must be in [0, 1), got {norm_margin}")
+        self.path = str(path)
+        self.obs_horizon, self.act_horizon, self.pred_horizon = int(obs_horizon), int(act_horizon), int(pred_horizon)
+        self.batch_size, self.val_ratio, self.num_workers = int(batch_size), float(val_ratio), int(num_workers)
+        self.seed, self.max_episodes, self.norm_margin = int(seed), max_episodes, float(norm_margin)
+        split_episodes(2, self.val_ratio, 0)  # validates val_ratio early with the same message
+
+        info = read_info(self.path)
+        self.info = info
+        self.obs_dim, self.act_dim = info.obs_dim, info.act_dim
+        self.stats = info.stats
+        self.obs_bounds = minmax_bounds(info.stats["state"]["min"], info.stats["state"]["max"], self.norm_margin)
+        self.act_bounds = minmax_bounds(info.stats["action"]["min"], info.stats["action"]["max"], self.norm_margin)
+        seeds = episode_seeds(self.path)
+        self.num_episodes = min(len(seeds), max_episodes) if max_episodes else len(seeds)
+        meta = {k: info.provenance.get(k) for k in PROVENANCE_KEYS}
+        meta["dataset_path"] = self.path
+        # Every seed in the file, not only the ones trained on: evaluation must avoid all of them.
+        meta["episode_seeds"] = seeds
+        meta["num_episodes_used"] = self.num_episodes
+        self.meta: dict[str, Any] = meta
+        self.train_set: WindowDataset | None = None
+        self.val_set: WindowDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        arrays = load_arrays(self.path)
+        ends = arrays.episode_ends[: self.num_episodes]
+        n_frames = int(ends[-1])
+        state = normalize_array(arrays.state[:n_frames], *self.obs_bounds)
+        action = normalize_array(arrays.action[:n_frames], *self.act_bounds)
+        self.train_episodes, self.val_episodes = split_episodes(self.num_episodes, self.val_ratio, self.seed)
+        make = lambda eps: WindowDataset(state, action, ends, eps, self.obs_horizon, self.pred_horizon)
+        self.train_set = make(self.train_episodes)
+        self.val_set = make(self.val_episodes) if len(self.val_episodes) else None
+        if len(self.train_set) == 0:
+            raise UserError(
+                f"{self.path}: no training windows (episodes shorter than the horizons?); lower data.pred_horizon"
+            )
+
+    def _loader(self, ds: WindowDataset, train: bool) -> DataLoader:
+        if train:
+            gen = torch.Generator().manual_seed(self.seed)
+            sampler = RandomSampler(ds, generator=gen)
+        else:
+            sampler = SequentialSampler(ds)
+        # Drop a ragged last batch only when there is more than one batch, so tiny datasets still train.
+        drop_last = train and len(ds) > self.batch_size
+        batches = BatchSampler(sampler, batch_size=self.batch_size, drop_last=drop_last)
+        return DataLoader(
+            ds,
+            sampler=batches,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.train_set is None:
+            self.setup("fit")
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, train=False)

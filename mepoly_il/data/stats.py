@@ -1,0 +1,51 @@
+"""Per-feature statistics in LeRobot's ``stats.json`` schema (min, max, mean, std, count, q01, q99).
+
+They are computed once over every frame of a dataset, stored in the zarr root attributes, and turned into the
+normalizer bounds that both the DataModule and the policy use (:func:`mepoly_il.data.normalize.minmax_bounds`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+STAT_KEYS = ("min", "max", "mean", "std", "count", "q01", "q99")
+
+
+def compute_stats(x: np.ndarray) -> dict[str, list[float] | list[int]]:
+    """Stats of ``x`` (N, D) over the first axis: lists of length D, except ``count`` = [N]."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"compute_stats needs a non-empty (N, D) array, got shape {x.shape}")
+    x64 = x.astype(np.float64)
+    q01, q99 = np.quantile(x64, [0.01, 0.99], axis=0)
+    return {
+        "min": x64.min(axis=0).tolist(),
+        "max": x64.max(axis=0).tolist(),
+        "mean": x64.mean(axis=0).tolist(),
+        "std": x64.std(axis=0).tolist(),
+        "count": [int(x.shape[0])],
+        "q01": q01.tolist(),
+        "q99": q99.tolist(),
+    }
+
+
+def check_stats(stats: Any, dim: int) -> str | None:
+    """Return a short description of what is wrong with one feature's stats, or None if they are usable."""
+    if not isinstance(stats, dict):
+        return "stats are not a mapping"
+    missing = [k for k in STAT_KEYS if k not in stats]
+    if missing:
+        return f"stats lack {', '.join(missing)}"
+    for key in STAT_KEYS:
+        if key == "count":
+            continue
+        arr = np.asarray(stats[key], dtype=np.float64)
+        if arr.shape != (dim,):
+            return f"stats[{key!r}] has shape {arr.shape}, expected ({dim},)"
+        if not np.isfinite(arr).all():
+            return f"stats[{key!r}] is not finite"
+    if (np.asarray(stats["max"]) < np.asarray(stats["min"])).any():
+        return "stats max < min"
+    return None

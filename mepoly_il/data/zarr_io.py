@@ -1,0 +1,278 @@
+"""The on-disk demo dataset: a diffusion_policy ``ReplayBuffer`` layout in Zarr format 2.
+
+Layout (see ``notes/anchor-ecosystem-style.md`` §1d)::
+
+    NAME.zarr/                  zarr_format=2, written with the zarr-python 3 API, consolidated (.zmetadata)
+      .zattrs                   {"mepoly_il": {provenance}, "stats": {"action": {...}, "state": {...}}}
+      data/action   (T, Da) float32   every episode concatenated in time
+      data/state    (T, Ds) float32   flat observation; the final observation of each episode is dropped
+      meta/episode_ends  (N,) int64   exclusive cumulative ends: episode i is [ends[i-1], ends[i])
+      meta/episode_seed  (N,) int64   reset seed of each episode (evaluation must avoid these)
+
+Format 2 keeps the store readable by zarr-python 2.x tools (diffusion_policy, DP3, UMI). Everything is written into a
+temporary sibling and renamed at the end, so an interrupted write never leaves a complete-looking dataset.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+import zarr
+
+from mepoly_il.data.stats import check_stats, compute_stats
+from mepoly_il.errors import UserError
+from mepoly_il.utils import atomic_path
+
+FORMAT_VERSION = 1
+#: Keys every provenance block carries (DemoDataModule.meta exposes them plus ``episode_seeds``).
+PROVENANCE_KEYS = (
+    "env_id",
+    "obs_mode",
+    "control_mode",
+    "sim_backend",
+    "control_freq",
+    "max_episode_steps",
+    "source_file",
+    "source_sha256",
+    "format_version",
+)
+_FIX_CREATE = "create one with `mepoly-il data prepare` (or `mepoly-il data convert`)"
+_FIX_RECREATE = "re-create it with `mepoly-il data convert ... --overwrite`"
+# Low-dim arrays are a few MB at most; the diffusion_policy default codec keeps them fast to decompress.
+_BLOSC = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
+_TARGET_CHUNK_BYTES = 2_000_000
+
+
+@dataclass
+class Episode:
+    """One demonstration: ``state`` (L, Ds) and ``action`` (L, Da) aligned step by step, and its reset seed."""
+
+    state: np.ndarray
+    action: np.ndarray
+    seed: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetArrays:
+    """A whole dataset in RAM: ``state`` (T, Ds), ``action`` (T, Da), ``episode_ends`` (N,), ``episode_seed`` (N,)."""
+
+    state: np.ndarray
+    action: np.ndarray
+    episode_ends: np.ndarray
+    episode_seed: np.ndarray
+
+    @property
+    def num_episodes(self) -> int:
+        return int(len(self.episode_ends))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) episode lengths."""
+        return np.diff(self.episode_ends, prepend=0)
+
+    def episode(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(state (L, Ds), action (L, Da)) of episode ``i``."""
+        start = 0 if i == 0 else int(self.episode_ends[i - 1])
+        end = int(self.episode_ends[i])
+        return self.state[start:end], self.action[start:end]
+
+
+@dataclass
+class DatasetInfo:
+    """What the root attributes and array shapes say, read without loading the arrays."""
+
+    path: Path
+    provenance: dict[str, Any]
+    stats: dict[str, dict[str, Any]]
+    obs_dim: int
+    act_dim: int
+    num_frames: int
+    num_episodes: int
+
+
+def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunk only along time, about 2 MB per chunk (diffusion_policy's convention)."""
+    row = max(1, int(np.prod(shape[1:])) * itemsize)
+    rows = max(1, min(shape[0], _TARGET_CHUNK_BYTES // row))
+    return (rows, *shape[1:])
+
+
+def _check_episode(i: int, ep: Episode, ds: int, da: int, where: str) -> None:
+    state, action = ep.state, ep.action
+    if state.ndim != 2 or action.ndim != 2:
+        raise UserError(f"{where}: episode {i} has state {state.shape} / action {action.shape}, expected 2-D arrays")
+    if len(action) == 0:
+        raise UserError(f"{where}: episode {i} (seed {ep.seed}) has zero length; drop it or regenerate the demos")
+    if len(state) != len(action):
+        raise UserError(
+            f"{where}: episode {i} has {len(state)} states but {len(action)} actions; states must have the final "
+            "observation dropped so both have one row per step"
+        )
+    if state.shape[1] != ds or action.shape[1] != da:
+        raise UserError(
+            f"{where}: episode {i} has dims state {state.shape[1]}, action {action.shape[1]} but episode 0 has "
+            f"{ds}, {da}; every episode must come from the same obs/control mode"
+        )
+    for name, arr in (("states", state), ("actions", action)):
+        if not np.isfinite(arr).all():
+            bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
+            raise UserError(
+                f"{where}: episode {i} (seed {ep.seed}) has NaN/inf {name} at step {bad}; drop that episode or "
+                "regenerate the demos"
+            )
+
+
+def write_dataset(
+    path: str | os.PathLike,
+    episodes: Sequence[Episode],
+    provenance: dict[str, Any],
+    overwrite: bool = False,
+    source: str | None = None,
+) -> Path:
+    """Validate ``episodes`` and write them as a zarr dataset at ``path`` (atomically). Returns the final path.
+
+    ``provenance`` must hold :data:`PROVENANCE_KEYS` (``format_version`` is filled in). ``source`` names the input
+    in error messages (defaults to ``path``).
+    """
+    path = Path(path)
+    where = source or str(path)
+    if not episodes:
+        raise UserError(f"{where}: no episodes to write; generate demos first with `mepoly-il data generate`")
+    ds, da = episodes[0].state.shape[-1], episodes[0].action.shape[-1]
+    for i, ep in enumerate(episodes):
+        _check_episode(i, ep, ds, da, where)
+    state = np.concatenate([ep.state for ep in episodes]).astype(np.float32)
+    action = np.concatenate([ep.action for ep in episodes]).astype(np.float32)
+    ends = np.cumsum([len(ep.action) for ep in episodes]).astype(np.int64)
+    seeds = np.asarray([int(ep.seed) for ep in episodes], dtype=np.int64)
+
+    prov = {"format_version": FORMAT_VERSION, "source": "maniskill", **provenance}
+    prov["format_version"] = FORMAT_VERSION
+    missing = [k for k in PROVENANCE_KEYS if k not in prov]
+    if missing:
+        raise ValueError(f"provenance lacks {missing}")
+    prov.setdefault("keys", {"action": "action", "state": "observation.state"})
+    stats = {"action": compute_stats(action), "state": compute_stats(state)}
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        data = root.create_group("data")
+        meta = root.create_group("meta")
+        for name, arr in (("action", action), ("state", state)):
+            z = data.create_array(
+                name, shape=arr.shape, chunks=_chunks(arr.shape, 4), dtype="float32", compressors=_BLOSC
+            )
+            z[:] = arr
+        for name, arr in (("episode_ends", ends), ("episode_seed", seeds)):
+            z = meta.create_array(name, shape=arr.shape, chunks=arr.shape, dtype="int64", compressors=None)
+            z[:] = arr
+        root.attrs["mepoly_il"] = prov
+        root.attrs["stats"] = stats
+        zarr.consolidate_metadata(str(tmp))
+    return path
+
+
+def _not_dataset(path: Path, why: str) -> UserError:
+    return UserError(f"{path}: not a mepoly-il zarr dataset ({why}); {_FIX_CREATE}")
+
+
+def _open(path: str | os.PathLike) -> tuple[Path, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise _not_dataset(path, "no such file or directory")
+    if not path.is_dir():
+        raise _not_dataset(path, "not a directory")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except Exception as err:  # zarr raises several types for a directory that is not a store
+        raise _not_dataset(path, f"cannot open as a zarr group: {type(err).__name__}") from None
+    return path, root
+
+
+def read_info(path: str | os.PathLike) -> DatasetInfo:
+    """Read provenance, stats and shapes (no array data). Raises UserError if ``path`` is not a valid dataset."""
+    path, root = _open(path)
+    attrs = dict(root.attrs)
+    prov = attrs.get("mepoly_il")
+    if not isinstance(prov, dict) or "format_version" not in prov:
+        raise _not_dataset(path, "no 'mepoly_il' provenance in the root attributes")
+    if int(prov["format_version"]) > FORMAT_VERSION:
+        raise UserError(
+            f"{path}: dataset format_version {prov['format_version']} is newer than this mepoly-il supports "
+            f"({FORMAT_VERSION}); upgrade mepoly-il or re-create the dataset"
+        )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key in ("data/action", "data/state", "meta/episode_ends", "meta/episode_seed"):
+        try:
+            shapes[key] = tuple(root[key].shape)
+        except KeyError:
+            raise _not_dataset(path, f"missing array {key}") from None
+    if len(shapes["data/action"]) != 2 or len(shapes["data/state"]) != 2:
+        raise UserError(f"{path}: data/action and data/state must be 2-D (T, D); {_FIX_RECREATE}")
+    n_act, n_state = shapes["data/action"][0], shapes["data/state"][0]
+    if n_act != n_state:
+        raise UserError(
+            f"{path}: arrays disagree in length (data/action has {n_act} rows, data/state has {n_state}); "
+            f"{_FIX_RECREATE}"
+        )
+    if shapes["meta/episode_ends"] != shapes["meta/episode_seed"]:
+        raise UserError(
+            f"{path}: meta/episode_ends {shapes['meta/episode_ends']} and meta/episode_seed "
+            f"{shapes['meta/episode_seed']} disagree in length; {_FIX_RECREATE}"
+        )
+    obs_dim, act_dim = shapes["data/state"][1], shapes["data/action"][1]
+    stats = attrs.get("stats")
+    for key, dim in (("state", obs_dim), ("action", act_dim)):
+        problem = check_stats(stats.get(key) if isinstance(stats, dict) else None, dim)
+        if problem:
+            raise UserError(f"{path}: {key} {problem} in the root attributes; {_FIX_RECREATE}")
+    return DatasetInfo(
+        path=path,
+        provenance=prov,
+        stats=stats,
+        obs_dim=int(obs_dim),
+        act_dim=int(act_dim),
+        num_frames=int(n_act),
+        num_episodes=int(shapes["meta/episode_ends"][0]),
+    )
+
+
+def load_arrays(path: str | os.PathLike) -> DatasetArrays:
+    """Load the whole dataset into RAM as numpy and check that it is consistent (lengths, ends, finite values)."""
+    info = read_info(path)
+    path, root = _open(path)
+    arrays = DatasetArrays(
+        state=np.asarray(root["data/state"][:], dtype=np.float32),
+        action=np.asarray(root["data/action"][:], dtype=np.float32),
+        episode_ends=np.asarray(root["meta/episode_ends"][:], dtype=np.int64),
+        episode_seed=np.asarray(root["meta/episode_seed"][:], dtype=np.int64),
+    )
+    ends = arrays.episode_ends
+    if len(ends) == 0:
+        raise UserError(f"{path}: dataset has no episodes; {_FIX_RECREATE}")
+    if (np.diff(ends, prepend=0) <= 0).any():
+        raise UserError(
+            f"{path}: meta/episode_ends is not strictly increasing (zero-length or reordered episodes); {_FIX_RECREATE}"
+        )
+    if int(ends[-1]) != info.num_frames:
+        raise UserError(
+            f"{path}: arrays disagree in length (meta/episode_ends ends at {int(ends[-1])}, data/* has "
+            f"{info.num_frames} rows); {_FIX_RECREATE}"
+        )
+    for name in ("state", "action"):
+        if not np.isfinite(getattr(arrays, name)).all():
+            raise UserError(f"{path}: data/{name} contains NaN/inf; {_FIX_RECREATE}")
+    return arrays
+
+
+def episode_seeds(path: str | os.PathLike) -> list[int]:
+    """The reset seed of every episode in the dataset (small array; read directly)."""
+    _, root = _open(path)
+    return [int(s) for s in root["meta/episode_seed"][:]]
