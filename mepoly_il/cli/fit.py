@@ -21,6 +21,22 @@ def _load(spec: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _print_parameter_count(parser, argv: list[str], model_cls) -> None:
+    """Best effort: parse ``argv`` without --print_config and print ``model_cls.count_parameters(...)`` to stderr."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            cfg = parser.parse_args(argv)
+            sub = cfg[cfg.subcommand]
+            line = model_cls.count_parameters(sub.model.as_dict(), sub.data.as_dict())
+        print(f"# {line}", file=sys.stderr)
+    except (Exception, SystemExit) as err:  # the real parse below reports config errors properly
+        reason = str(err).splitlines()[0][:200] if str(err) else ""
+        print(f"# parameter count unavailable ({type(err).__name__}: {reason})", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mepoly-il fit {stage1,stage2,dp} --config FILE [--section.key value ...]\n")
@@ -46,13 +62,25 @@ def main(argv: list[str]) -> int:
             parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
             parser.link_arguments("data.act_dim", "model.act_dim", apply_on="instantiate")
 
-    # LightningCLI reads sys.argv; rewrite it so `--help` shows the right program name and no warning fires.
-    sys.argv = [f"mepoly-il fit {stage}", "fit", *argv[1:]]
+        def parse_arguments(self, parser, args) -> None:
+            # --print_config exits inside parsing; first report the model size to stderr (stdout stays valid YAML)
+            # for models that can count their parameters from a parsed config (classmethod count_parameters).
+            argv = list(sys.argv[1:] if args is None else args)
+            if hasattr(model_cls, "count_parameters") and any(a.split("=")[0] == "--print_config" for a in argv):
+                _print_parameter_count(parser, [a for a in argv if a.split("=")[0] != "--print_config"], model_cls)
+            super().parse_arguments(parser, args)
+
+    # The arguments go to LightningCLI explicitly and sys.argv stays as launched: DDP's launcher starts every
+    # extra rank by re-running sys.argv, which must be the same `mepoly-il fit <stage> ...` command.
+    import warnings
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     _CLI(
         model_cls,
         DemoDataModule,
+        args=["fit", *argv[1:]],
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"fit": {"default_env": False}},
+        parser_kwargs={"prog": f"mepoly-il fit {stage}", "fit": {"default_env": False}},
     )
     return 0

@@ -1,0 +1,621 @@
+"""Lightning modules of MePoly's two training stages (paper §4.2 and Appendix A).
+
+* :class:`Stage1Module` (``mepoly-il fit stage1``) trains the trajectory VAE::
+
+      L = ||tau - D(z, s)||^2 + beta_iso * L_iso(tau, mu) + beta_box * ||ReLU(|z| - box_delta)||^2
+          + beta_kl * KL(q(z | tau) || N(0, prior_sigma^2 I))
+
+* :class:`Stage2Module` (``mepoly-il fit stage2 --model.stage1_ckpt PATH``) trains the latent prior::
+
+      L = -log pi(z_gt | s) - alpha * H(pi(. | s)) + gamma * ||tau - D(z_gt, s)||^2
+
+  with z_gt ~ q(z | tau) from the frozen encoder, clamped into the box. The action encoder and latent heads
+  are frozen; the observation encoder and decoder keep training at ``lr_decoder`` (one AdamW, two parameter
+  groups) with their gradient norm clipped to ``decoder_grad_clip``.
+
+Both hold ``self.policy`` (a :class:`MePolyPolicy`), so checkpoints carry ``policy.*`` weights. Every
+checkpoint gets ``ckpt["mepoly_il"]`` with the primitive ``policy_config`` that rebuilds the network and the
+dataset provenance; stage-1 checkpoints say ``"policy": None`` (they cannot act).
+
+Resuming (``--ckpt_path``): LightningCLI re-parses ``ckpt["hyper_parameters"]`` *over* the command line, so a
+``--model.lr`` given together with ``--ckpt_path`` would be silently replaced by the checkpoint's value
+(Lightning PR #21455). These modules therefore keep ``hyper_parameters`` out of the checkpoint file (they are
+in the run's ``config.yaml`` and in ``ckpt["mepoly_il"]["hparams"]``): resume with the same ``--config`` and
+the command line means what it says.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from mepoly_il.errors import UserError
+from mepoly_il.policies.mepoly.policy import MePolyPolicy
+from mepoly_il.policies.mepoly.priors import PRIOR_KINDS, to_box
+
+FORMAT_VERSION = 1
+_LINKED = ("obs_dim", "act_dim", "obs_horizon", "act_horizon", "pred_horizon")
+
+
+def _primitive(x: Any) -> Any:
+    """Make ``x`` loadable with ``torch.load(weights_only=True)``: numpy/paths -> Python primitives."""
+    if isinstance(x, dict):
+        return {str(k): _primitive(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_primitive(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    return str(x)
+
+
+def mds_stress(traj: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """MDS-style stress: MSE between the normalized pairwise-distance matrices of trajectories and latents.
+
+    traj (B, T, Da) and z (B, dz). Each matrix is divided by its mean off-diagonal entry, so the term compares
+    shapes of the two point clouds, not their scales. Returns a scalar (0 for B < 2).
+    """
+    b = traj.shape[0]
+    if b < 2:
+        return traj.new_zeros(())
+    off = ~torch.eye(b, dtype=torch.bool, device=traj.device)
+    d_tau = torch.cdist(rearrange(traj, "b t d -> b (t d)"), rearrange(traj, "b t d -> b (t d)"))[off]
+    d_z = torch.cdist(z, z)[off]
+    d_tau = d_tau / d_tau.mean().clamp_min(1e-8)
+    d_z = d_z / d_z.mean().clamp_min(1e-8)
+    return F.mse_loss(d_z, d_tau)
+
+
+def kl_to_isotropic(mu: torch.Tensor, logvar: torch.Tensor, sigma0: float) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, sigma0^2 I)), summed over dz and averaged over the batch."""
+    var0 = sigma0**2
+    kl = 0.5 * ((logvar.exp() + mu**2) / var0 - 1.0 - logvar + math.log(var0))
+    return kl.sum(-1).mean()
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
+    def fn(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant" or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+class _MePolyModule(L.LightningModule):
+    """Shared plumbing: normalizers from the data, EMA sync, checkpoint metadata, LR schedule."""
+
+    policy: MePolyPolicy
+    stage: int
+
+    def _dataset_meta(self) -> dict[str, Any]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return _primitive(dict(getattr(dm, "meta", {}) or {}))
+
+    def _arrange_outputs(self) -> None:
+        """One predictable layout under ``trainer.default_root_dir``, whatever the logger set-up::
+
+            <root>/checkpoints/{step=0001000.ckpt, ..., last.ckpt}
+            <root>/<logger name>/version_N/{events.out.tfevents.*, metrics.csv, hparams.yaml}
+
+        A CSV logger is added next to the first (TensorBoard) logger when none is configured, and a
+        ModelCheckpoint left at Lightning's default directory (inside the versioned log dir, which changes on
+        every resume) is pointed at ``<root>/checkpoints`` instead, so that
+        ``--ckpt_path <root>/checkpoints/last.ckpt`` resumes in place.
+        """
+        import os
+
+        from lightning.pytorch.loggers import CSVLogger
+
+        trainer = self.trainer
+        if trainer.loggers and not any(isinstance(lg, CSVLogger) for lg in trainer.loggers):
+            first = trainer.loggers[0]
+            csv = CSVLogger(
+                save_dir=first.save_dir or trainer.default_root_dir,
+                name=first.name or "",
+                version=first.version,
+            )
+            trainer.loggers = [*trainer.loggers, csv]
+        default_dirs = {os.path.join(lg.log_dir, "checkpoints") for lg in trainer.loggers if lg.log_dir}
+        for cb in trainer.checkpoint_callbacks:
+            if cb.dirpath is not None and str(cb.dirpath) in default_dirs:
+                cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+    def _sync_average_models(self) -> None:
+        # EMAWeightAveraging deep-copies the module in its own setup(), which runs *before* ours; push the
+        # freshly set normalizer buffers (and stage-1 weights) into that copy so an EMA model that has not
+        # been updated yet (or uses use_buffers=False) never acts with identity normalizers.
+        from lightning.pytorch.callbacks import WeightAveraging
+
+        for cb in self.trainer.callbacks:
+            avg = getattr(cb, "_average_model", None) if isinstance(cb, WeightAveraging) else None
+            if avg is not None:
+                avg.module.load_state_dict(self.state_dict())
+
+    def _configure_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+        hp = self.hparams
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_lambda(hp.warmup_steps, total, hp.lr_schedule)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hparams = _primitive({k: v for k, v in self.hparams.items() if not k.startswith("_")})
+        checkpoint.pop("hyper_parameters", None)  # see the module docstring: resume must not override the CLI
+        checkpoint["mepoly_il"] = {
+            "format_version": FORMAT_VERSION,
+            "policy": "mepoly" if self.stage == 2 else None,
+            "stage": self.stage,
+            "policy_config": _primitive(self.policy.config()),
+            "hparams": hparams,
+            "dataset": self._dataset_meta(),
+            **self._extra_meta(),
+        }
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {}
+
+
+class Stage1Module(_MePolyModule):
+    """Stage 1: trajectory VAE with MDS stress, box and KL regularizers.
+
+    Args:
+        obs_dim, act_dim: linked from the dataset (``data.obs_dim``/``data.act_dim``); do not set them.
+        obs_horizon, act_horizon, pred_horizon: linked from ``data.*_horizon``; do not set them.
+        latent_dim: dz, dimension of the latent trajectory code (paper: 3).
+        d_model: Transformer width (paper: 256).
+        n_heads: attention heads (paper: 4).
+        ff_dim: feed-forward width of every Transformer layer (2048, PyTorch's default).
+        enc_layers: action-encoder depth (paper: 3).
+        obs_layers: observation-encoder depth (paper: 2).
+        dec_layers: decoder blocks (paper: 4).
+        dropout: Transformer dropout.
+        beta_iso: weight of the MDS stress between trajectory and latent pairwise distances.
+        beta_box: weight of ``||ReLU(|z| - box_delta)||^2`` (keeps z inside the prior's box [-1, 1]^dz).
+        box_delta: threshold of the box penalty; below 1 so that most codes, noise included, stay in the box.
+        beta_kl: weight of KL(q(z | tau) || N(0, prior_sigma^2 I)).
+        prior_sigma: std of the fixed Gaussian prior of the KL term.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear LR warm-up steps.
+        lr_schedule: ``"cosine"`` (decay to 0 at the last step) or ``"constant"`` after warm-up.
+        latent_plot_samples: training windows encoded for the latent pair-plot PNG at the end (0 disables it).
+    """
+
+    stage = 1
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        obs_horizon: int = 2,
+        act_horizon: int = 8,
+        pred_horizon: int = 16,
+        latent_dim: int = 3,
+        d_model: int = 256,
+        n_heads: int = 4,
+        ff_dim: int = 2048,
+        enc_layers: int = 3,
+        obs_layers: int = 2,
+        dec_layers: int = 4,
+        dropout: float = 0.1,
+        beta_iso: float = 0.1,
+        beta_box: float = 1.0,
+        box_delta: float = 0.8,
+        beta_kl: float = 1e-4,
+        prior_sigma: float = 0.5,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-6,
+        warmup_steps: int = 500,
+        lr_schedule: str = "cosine",
+        latent_plot_samples: int = 4096,
+    ) -> None:
+        super().__init__()
+        if lr_schedule not in ("cosine", "constant"):
+            raise UserError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        if not 0.0 < box_delta <= 1.0:
+            raise UserError(f"model.box_delta must be in (0, 1], got {box_delta}")
+        if prior_sigma <= 0:
+            raise UserError(f"model.prior_sigma must be > 0, got {prior_sigma}")
+        self.save_hyperparameters()
+        try:
+            self.policy = MePolyPolicy(
+                obs_dim, act_dim, obs_horizon, act_horizon, pred_horizon, latent_dim=latent_dim,
+                d_model=d_model, n_heads=n_heads, ff_dim=ff_dim, enc_layers=enc_layers, obs_layers=obs_layers,
+                dec_layers=dec_layers, dropout=dropout, prior=None,
+            )  # fmt: skip
+        except ValueError as err:
+            raise UserError(f"invalid stage-1 model configuration: {err}") from None
+
+    @classmethod
+    def count_parameters(cls, model: dict[str, Any], data: dict[str, Any]) -> str:
+        """One line with the parameter count of the configured network (used by ``--print_config``)."""
+        dims = _data_dims(data)
+        keys = (
+            "latent_dim",
+            "d_model",
+            "n_heads",
+            "ff_dim",
+            "enc_layers",
+            "obs_layers",
+            "dec_layers",
+            "dropout",
+        )
+        kw = {k: model[k] for k in keys if model.get(k) is not None}
+        counts = MePolyPolicy(**dims, **kw, prior=None).num_parameters()
+        return f"MePoly stage 1: {counts['total']:,} parameters ({_fmt_counts(counts)})"
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if stage == "fit":
+            self._arrange_outputs()
+        if stage == "fit" and dm is not None:
+            # On resume the checkpoint restores the same buffers right after this.
+            self.policy.set_normalizers(dm.obs_bounds, dm.act_bounds)
+            self._sync_average_models()
+
+    def _losses(self, batch: dict[str, torch.Tensor], sample: bool) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        obs, action = batch["obs"], batch["action"]
+        mu, logvar = self.policy.encode(action)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+        recon = F.mse_loss(self.policy.decode(z, self.policy.memory(obs)), action)
+        iso = mds_stress(action, mu)
+        box = F.relu(z.abs() - hp.box_delta).pow(2).sum(-1).mean()
+        kl = kl_to_isotropic(mu, logvar, hp.prior_sigma)
+        loss = recon + hp.beta_iso * iso + hp.beta_box * box + hp.beta_kl * kl
+        return {
+            "loss": loss,
+            "recon": recon,
+            "iso": iso,
+            "box": box,
+            "kl": kl,
+            "frac_outside_box": (z.abs() > 1.0).any(-1).float().mean(),
+            "mu_abs_max": mu.abs().max(),
+        }
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self._losses(batch, sample=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False)
+        self.log("recon", out["recon"].detach(), prog_bar=True, logger=False)
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self._losses(batch, sample=False)
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, sync_dist=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return self._configure_schedule(opt)
+
+    def on_train_end(self) -> None:
+        # Runs after EMAWeightAveraging.on_train_end, so the plot shows the EMA encoder that stage 2 will use.
+        if self.hparams.latent_plot_samples <= 0:
+            return
+        out_dir = Path(
+            self.trainer.log_dir or self.trainer.default_root_dir
+        )  # a collective under DDP: all ranks
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.trainer.is_global_zero and dm is not None and getattr(dm, "train_set", None) is not None:
+            self._plot_latents(dm, out_dir)
+
+    @torch.no_grad()
+    def _plot_latents(self, dm, out_dir: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from mepoly_il.utils import atomic_path
+
+        was_training = self.policy.training
+        self.policy.eval()
+        ds = dm.train_set
+        rng = np.random.default_rng(0)
+        n = min(len(ds), int(self.hparams.latent_plot_samples))
+        idx = np.sort(rng.choice(len(ds), size=n, replace=False))
+        mus = []
+        for chunk in np.array_split(idx, max(1, n // 512)):
+            batch = ds[chunk]
+            mus.append(self.policy.encode(batch["action"].to(self.device))[0].cpu())
+        mu = torch.cat(mus).numpy()
+        self.policy.train(was_training)
+        dz = mu.shape[1]
+        fig, axes = plt.subplots(dz, dz, figsize=(2.6 * dz, 2.6 * dz), squeeze=False)
+        for i in range(dz):
+            for j in range(dz):
+                ax = axes[i][j]
+                if i == j:
+                    ax.hist(mu[:, i], bins=60, range=(-1.2, 1.2), color="tab:blue")
+                else:
+                    ax.scatter(mu[:, j], mu[:, i], s=1, alpha=0.3)
+                    ax.set_xlim(-1.2, 1.2)
+                    ax.set_ylim(-1.2, 1.2)
+                    ax.add_patch(plt.Rectangle((-1, -1), 2, 2, fill=False, ls="--", color="k", lw=0.7))
+                if i == dz - 1:
+                    ax.set_xlabel(f"z{j}")
+                if j == 0:
+                    ax.set_ylabel(f"z{i}")
+        outside = float((np.abs(mu) > 1.0).any(-1).mean())
+        fig.suptitle(f"stage-1 latent means of {n} training windows ({outside:.1%} outside the box)")
+        fig.tight_layout()
+        with atomic_path(out_dir / "latents.png", overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+
+
+def _data_dims(data: dict[str, Any]) -> dict[str, int]:
+    from mepoly_il.data.datamodule import DemoDataModule
+
+    dm = DemoDataModule(**{k: v for k, v in data.items() if v is not None})
+    return dict(
+        obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=dm.obs_horizon, act_horizon=dm.act_horizon,
+        pred_horizon=dm.pred_horizon,
+    )  # fmt: skip
+
+
+def _fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")
+
+
+def _load_stage1(path: str) -> dict[str, Any]:
+    from mepoly_il.policies import read_checkpoint
+
+    if not path:
+        raise UserError("model.stage1_ckpt is required: pass --model.stage1_ckpt PATH/TO/stage1/last.ckpt")
+    if not Path(path).is_file():
+        raise UserError(
+            f"model.stage1_ckpt {path}: file not found; train stage 1 first "
+            "(`mepoly-il fit stage1 --config ...`) and pass its last.ckpt"
+        )
+    ckpt = read_checkpoint(path)
+    info = ckpt["mepoly_il"]
+    if info.get("stage") != 1 or not isinstance(info.get("policy_config"), dict):
+        raise UserError(
+            f"model.stage1_ckpt {path}: not a MePoly stage-1 checkpoint (stage={info.get('stage')!r}, "
+            f"policy={info.get('policy')!r}); pass a checkpoint written by `mepoly-il fit stage1`"
+        )
+    return ckpt
+
+
+class Stage2Module(_MePolyModule):
+    """Stage 2: polynomial (or Gaussian / GMM) latent prior, with a continued low-LR decoder update.
+
+    Args:
+        stage1_ckpt: checkpoint written by ``mepoly-il fit stage1`` (its EMA weights and normalizers are
+            loaded;
+            its architecture and latent_dim are reused).
+        obs_dim, act_dim, obs_horizon, act_horizon, pred_horizon: linked from ``data``; must match stage 1
+            (act_horizon may differ: it only sets how many actions are executed per plan).
+        prior: latent prior family: ``"polynomial"`` (paper), ``"gaussian"`` or ``"gmm"`` (ablations).
+        prior_hidden: hidden widths of the prior MLP (paper: [256, 256]).
+        poly_order: total-degree order K of the polynomial family.
+        poly_basis: polynomial basis (``"legendre"``).
+        poly_clip: elementwise (soft) clip of the natural parameters.
+        gmm_components: mixture components of ``prior="gmm"``.
+        sample_mode: ``"sample"`` or ``"mode"``: how the policy picks z when acting.
+        alpha: entropy-bonus weight.
+        gamma: weight of the reconstruction-consistency term ||tau - D(z_gt, s)||^2 (mean over elements).
+        target: ``"sample"`` (z_gt ~ q(z | tau), the paper) or ``"mean"`` (z_gt = mu).
+        lr_prior: AdamW learning rate of the prior network.
+        lr_decoder: AdamW learning rate of the observation encoder and decoder (0 freezes them).
+        weight_decay: AdamW weight decay (both groups).
+        decoder_grad_clip: max gradient norm of the observation-encoder + decoder group (0 disables).
+        warmup_steps: linear LR warm-up steps.
+        lr_schedule: ``"cosine"`` or ``"constant"`` after warm-up.
+    """
+
+    stage = 2
+
+    def __init__(
+        self,
+        stage1_ckpt: str,
+        obs_dim: int,
+        act_dim: int,
+        obs_horizon: int = 2,
+        act_horizon: int = 8,
+        pred_horizon: int = 16,
+        prior: str = "polynomial",
+        prior_hidden: list[int] = [256, 256],  # noqa: B006 (jsonargparse needs a literal default to show)
+        poly_order: int = 8,
+        poly_basis: str = "legendre",
+        poly_clip: float = 5.0,
+        gmm_components: int = 4,
+        sample_mode: str = "sample",
+        alpha: float = 0.01,
+        gamma: float = 1.0,
+        target: str = "sample",
+        lr_prior: float = 1e-3,
+        lr_decoder: float = 3e-5,
+        weight_decay: float = 1e-6,
+        decoder_grad_clip: float = 1.0,
+        warmup_steps: int = 200,
+        lr_schedule: str = "cosine",
+    ) -> None:
+        super().__init__()
+        if prior not in PRIOR_KINDS:
+            raise UserError(f"model.prior must be one of {', '.join(PRIOR_KINDS)}, got {prior!r}")
+        if target not in ("sample", "mean"):
+            raise UserError(f"model.target must be 'sample' or 'mean', got {target!r}")
+        if lr_schedule not in ("cosine", "constant"):
+            raise UserError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        self.save_hyperparameters()
+        ckpt = _load_stage1(stage1_ckpt)
+        s1 = ckpt["mepoly_il"]["policy_config"]
+        self._stage1_cfg = s1
+        self._data_dims = {"obs_dim": obs_dim, "act_dim": act_dim, "obs_horizon": obs_horizon,
+                           "pred_horizon": pred_horizon}  # fmt: skip
+        cfg = dict(s1)
+        cfg.update(
+            act_horizon=act_horizon, prior=prior, prior_hidden=list(prior_hidden), poly_order=poly_order,
+            poly_basis=poly_basis, poly_clip=poly_clip, gmm_components=gmm_components,
+            sample_mode=sample_mode,
+        )  # fmt: skip
+        try:
+            self.policy = MePolyPolicy(**cfg)
+        except ValueError as err:
+            raise UserError(
+                f"invalid stage-2 model configuration (with stage 1 {stage1_ckpt}): {err}"
+            ) from None
+        from mepoly_il.policies import policy_state_dict
+
+        missing, unexpected = self.policy.load_state_dict(policy_state_dict(ckpt), strict=False)
+        bad_missing = [k for k in missing if not k.startswith(("prior.", "prior_net."))]
+        if bad_missing or unexpected:
+            raise UserError(
+                f"model.stage1_ckpt {stage1_ckpt}: weights do not match its own policy_config "
+                f"(missing {bad_missing[:3]}, unexpected {list(unexpected)[:3]}); "
+                "the file is damaged or foreign"
+            )
+        from mepoly_il.utils import sha256_file
+
+        self._stage1_meta = {"path": str(stage1_ckpt), "sha256": sha256_file(stage1_ckpt),
+                             "dataset": ckpt["mepoly_il"].get("dataset", {})}  # fmt: skip
+        for module in (self.policy.action_encoder, self.policy.latent_heads):
+            module.requires_grad_(False)
+            module.eval()
+        # EMAWeightAveraging computes decay * x + (1 - decay) * x, which is x only up to rounding; the frozen
+        # weights are written back from this copy at the end and into every checkpoint, so they stay
+        # bit-identical.
+        self._frozen = {
+            k: v.detach().clone()
+            for k, v in self.policy.state_dict().items()
+            if k.startswith(("action_encoder.", "latent_heads."))
+        }
+
+    def _restore_frozen(self) -> None:
+        with torch.no_grad():
+            for name, tensor in (*self.policy.named_parameters(), *self.policy.named_buffers()):
+                if name in self._frozen:
+                    tensor.copy_(self._frozen[name])
+
+    def on_train_end(self) -> None:
+        self._restore_frozen()  # runs after EMAWeightAveraging has copied the averaged weights in
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                for name, value in self._frozen.items():
+                    checkpoint[key]["policy." + name] = value.clone()
+
+    @classmethod
+    def count_parameters(cls, model: dict[str, Any], data: dict[str, Any]) -> str:
+        """One line with the parameter count of the stage-2 policy (VAE + prior), for ``--print_config``."""
+        s1 = _load_stage1(model.get("stage1_ckpt") or "")["mepoly_il"]["policy_config"]
+        keys = ("prior", "prior_hidden", "poly_order", "poly_basis", "poly_clip", "gmm_components")
+        cfg = {**s1, **{k: model[k] for k in keys if model.get(k) is not None}}
+        counts = MePolyPolicy(**cfg).num_parameters()
+        return f"MePoly stage 2: {counts['total']:,} parameters ({_fmt_counts(counts)})"
+
+    def train(self, mode: bool = True):
+        # Lightning puts every submodule in train mode each epoch; the frozen encoder must stay deterministic
+        # (no dropout) so its targets are samples of the very q(z | tau) learned in stage 1.
+        super().train(mode)
+        self.policy.action_encoder.eval()
+        self.policy.latent_heads.eval()
+        return self
+
+    def _check_data(self, dm) -> None:
+        path = getattr(dm, "path", "--data.path")
+        ckpt_path = self.hparams.stage1_ckpt
+        for key, value in self._data_dims.items():
+            if int(self._stage1_cfg[key]) != int(value):
+                raise UserError(
+                    f"stage-1 checkpoint {ckpt_path} has {key}={self._stage1_cfg[key]} but the dataset "
+                    f"{path} gives {key}={value}; train stage 2 on the stage-1 dataset with the same horizons"
+                )
+        for name, bounds, norm in (
+            ("observation", dm.obs_bounds, self.policy.obs_normalizer),
+            ("action", dm.act_bounds, self.policy.act_normalizer),
+        ):
+            lo, hi = (torch.as_tensor(np.asarray(b, dtype=np.float32)) for b in bounds)
+            if not (
+                torch.allclose(lo, norm.lo.cpu(), atol=1e-5) and torch.allclose(hi, norm.hi.cpu(), atol=1e-5)
+            ):
+                raise UserError(
+                    f"the dataset {path} normalizes {name}s differently from the stage-1 checkpoint "
+                    f"{ckpt_path} (different data or data.norm_margin); use the stage-1 dataset and settings"
+                )
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if stage == "fit":
+            self._arrange_outputs()
+        if stage == "fit" and dm is not None:
+            self._check_data(dm)
+            self._sync_average_models()
+
+    def _targets(self, action: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            mu, logvar = self.policy.encode(action)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.hparams.target == "sample" else mu
+            # The prior lives on the box; stage 1's box penalty keeps nearly all codes inside; clamp the rest.
+            return to_box(z), (z.abs() > 1.0).any(-1).float().mean()
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        obs, action = batch["obs"], batch["action"]
+        z_gt, clipped = self._targets(action)
+        dist = self.policy.prior_dist(obs)
+        nll = -dist.log_prob(z_gt).mean()
+        entropy = dist.entropy().mean()
+        recon = F.mse_loss(self.policy.decode(z_gt, self.policy.memory(obs)), action)
+        loss = nll - hp.alpha * entropy + hp.gamma * recon
+        return {"loss": loss, "nll": nll, "entropy": entropy, "recon": recon, "frac_targets_clamped": clipped}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self._losses(batch)
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()})
+        self.log("nll", out["nll"].detach(), prog_bar=True, logger=False)
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self._losses(batch)
+        # What the policy would do: actions decoded from the prior's mode, against the demonstration.
+        dist = self.policy.prior_dist(batch["obs"])
+        pred = self.policy.decode(to_box(dist.mode), self.policy.memory(batch["obs"]))
+        out["action_mse_mode"] = F.mse_loss(pred, batch["action"])
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, sync_dist=True)
+
+    def _groups(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        prior = [
+            p for m in (self.policy.prior_net, self.policy.prior) for p in m.parameters() if p.requires_grad
+        ]
+        decoder = [p for m in (self.policy.obs_encoder, self.policy.decoder) for p in m.parameters()]
+        return prior, decoder
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        prior, decoder = self._groups()
+        groups = [{"params": prior, "lr": hp.lr_prior, "name": "prior"}]
+        if hp.lr_decoder > 0:
+            groups.append({"params": decoder, "lr": hp.lr_decoder, "name": "decoder"})
+        else:
+            for p in decoder:
+                p.requires_grad_(False)
+        opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        return self._configure_schedule(opt)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        clip = self.hparams.decoder_grad_clip
+        if clip > 0 and self.hparams.lr_decoder > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self._groups()[1], clip)
+            self.log("train/decoder_grad_norm", norm)
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"stage1": _primitive(self._stage1_meta)}
