@@ -1,0 +1,276 @@
+"""`mepoly-il bench latency`: action-chunk latency of MePoly vs Diffusion Policy (DDPM-100 and DDIM-k), side by side.
+
+All policies are built directly with random weights and identity normalizers (latency does not depend on training),
+at matched parameter counts: MePoly at the chosen scale, DP's UNet widths picked to come closest to MePoly's total.
+Each policy is warmed up, then ``predict_action_chunk`` is timed ``--repeats`` times per batch size, round-robin
+across the policies so that load changes on a shared machine hit all of them alike; the table shows medians and
+the ratios MePoly / DP. Goals (issue #5): MePoly <= 1/50 of DDPM-100 and <= 1/5 of DDIM-10.
+
+    mepoly-il bench latency                         # paper scale, batch 1 and 10, CPU (+ CUDA if present)
+    mepoly-il bench latency --quick                 # tiny models, a smoke test (< 30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mepoly_il.errors import UserError
+from mepoly_il.policies.base import BasePolicy
+from mepoly_il.policies.diffusion.policy import DiffusionPolicy
+from mepoly_il.policies.diffusion.unet import ConditionalUnet1D
+
+#: Goals from issue #5: MePoly latency as a fraction of each DP variant's.
+GOALS = {"ddpm": 1 / 50, "ddim": 1 / 5}
+
+#: MePoly sizes when no config is found. "paper": the constructor defaults (paper Appendix A); "quick": tiny.
+MEPOLY_SCALES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": {"d_model": 64, "ff_dim": 256},
+    "quick": {"d_model": 32, "ff_dim": 64, "enc_layers": 1, "obs_layers": 1, "dec_layers": 1, "prior_hidden": [32]},
+}
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def mepoly_size(scale: str, env_id: str = "PushCube-v1") -> tuple[dict[str, Any], str]:
+    """MePolyPolicy kwargs for ``scale``: from configs/stage1 + stage2/<env>[-cpu].yaml when present, else defaults.
+
+    Returns (kwargs, where they came from)."""
+    import inspect
+
+    import yaml
+
+    from mepoly_il.policies.mepoly.policy import MePolyPolicy
+
+    if scale == "quick":
+        return dict(MEPOLY_SCALES["quick"]), "built-in quick size"
+    names = set(inspect.signature(MePolyPolicy.__init__).parameters) - {"self", "obs_dim", "act_dim"}
+    suffix = "-cpu" if scale == "cpu" else ""
+    kwargs: dict[str, Any] = {}
+    found = []
+    for stage in ("stage1", "stage2"):
+        path = CONFIG_DIR / stage / f"{env_id}{suffix}.yaml"
+        if path.is_file():
+            model = (yaml.safe_load(path.read_text()) or {}).get("model", {}) or {}
+            kwargs.update({k: v for k, v in model.items() if k in names and not k.endswith("_horizon")})
+            found.append(str(path.relative_to(CONFIG_DIR.parent)))
+    if not found:
+        return dict(MEPOLY_SCALES[scale]), f"built-in {scale} size (no MePoly configs found)"
+    return kwargs, " + ".join(found)
+
+
+def dp_params(down_dims: list[int], obs_dim: int, act_dim: int, obs_horizon: int, embed: int = 64) -> int:
+    """Parameters of DP's UNet for the given widths (no policy construction, no schedulers)."""
+    unet = ConditionalUnet1D(act_dim, obs_horizon * obs_dim, down_dims, diffusion_step_embed_dim=embed)
+    return sum(p.numel() for p in unet.parameters())
+
+
+def match_dp_down_dims(target: int, obs_dim: int, act_dim: int, obs_horizon: int, levels: int = 3) -> list[int]:
+    """UNet widths ``[w, 2w, 4w, ...]`` (w a multiple of 8, for GroupNorm) whose parameter count is closest to
+    ``target``. The count grows ~quadratically in w, so a scan over w is short."""
+    best, best_err = [8 * 2**i for i in range(levels)], float("inf")
+    for w in range(8, 1025, 8):
+        dims = [w * 2**i for i in range(levels)]
+        n = dp_params(dims, obs_dim, act_dim, obs_horizon)
+        if abs(n - target) < best_err:
+            best, best_err = dims, abs(n - target)
+        if n > target:
+            break
+    return best
+
+
+def build_policies(
+    obs_dim: int, act_dim: int, horizons: tuple[int, int, int], scale: str, ddim_steps: int, seed: int = 0
+) -> tuple[dict[str, BasePolicy], dict[str, Any]]:
+    """MePoly + DP (DDPM-100, DDIM-k) with random weights at matched sizes; returns (policies, size info)."""
+    from mepoly_il.policies.mepoly.policy import MePolyPolicy
+
+    To, Ta, T = horizons
+    torch.manual_seed(seed)
+    size, source = mepoly_size(scale)
+    mepoly = MePolyPolicy(obs_dim, act_dim, To, Ta, T, **size)
+    counts = mepoly.num_parameters()
+    # The action encoder and posterior heads only train; acting uses the rest.
+    acting = counts["total"] - counts["action_encoder"] - counts["latent_heads"]
+    down = match_dp_down_dims(counts["total"], obs_dim, act_dim, To)
+    ddpm = DiffusionPolicy(obs_dim, act_dim, To, Ta, T, down_dims=down, inference="ddpm", num_inference_steps=100)
+    ddim = DiffusionPolicy(obs_dim, act_dim, To, Ta, T, down_dims=down, inference="ddim", num_inference_steps=1)
+    ddim.load_state_dict(ddpm.state_dict())
+    ddim.set_inference("ddim", ddim_steps)
+    policies = {"mepoly": mepoly, "dp-ddpm100": ddpm, f"dp-ddim{ddim_steps}": ddim}
+    sizes = {
+        "mepoly_total": counts["total"],
+        "mepoly_acting": acting,
+        "dp": ddpm.num_parameters(),
+        "dp_down_dims": down,
+        "mepoly_config": mepoly.config(),
+        "mepoly_config_source": source,
+    }
+    return policies, sizes
+
+
+def time_interleaved(
+    policies: dict[str, BasePolicy], obs: torch.Tensor, warmup: dict[str, int], repeats: dict[str, int]
+) -> dict[str, list[float]]:
+    """Seconds per ``predict_action_chunk(obs)`` for every policy, timed round-robin (one call of each in turn) so
+    that a change in machine load during the run hits all policies alike and the ratios stay fair."""
+    sync = torch.cuda.synchronize if obs.device.type == "cuda" else (lambda: None)
+    for name, policy in policies.items():
+        for _ in range(warmup[name]):
+            policy.predict_action_chunk(obs)
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in policies}
+    for i in range(max(repeats.values())):
+        for name, policy in policies.items():
+            if i >= repeats[name]:
+                continue
+            t0 = time.perf_counter()
+            policy.predict_action_chunk(obs)
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def run(
+    batches: list[int],
+    ddim_steps: int,
+    devices: list[str],
+    scale: str,
+    obs_dim: int,
+    act_dim: int,
+    horizons: tuple[int, int, int],
+    warmup: int,
+    repeats: int,
+    ddpm_repeats: int,
+) -> dict[str, Any]:
+    """Measure every (device, policy, batch); returns the JSON-ready result."""
+    policies, sizes = build_policies(obs_dim, act_dim, horizons, scale, ddim_steps)
+    rows: list[dict[str, Any]] = []
+    ratios: dict[str, float] = {}
+    ddim_name = f"dp-ddim{ddim_steps}"
+    warm = {n: (min(warmup, 1) if n == "dp-ddpm100" else warmup) for n in policies}
+    reps = {n: (ddpm_repeats if n == "dp-ddpm100" else repeats) for n in policies}
+    for device in devices:
+        for policy in policies.values():
+            policy.to(device).eval()
+        for b in batches:
+            obs = torch.randn(b, horizons[0], obs_dim, device=device)
+            for name, t in time_interleaved(policies, obs, warm, reps).items():
+                rows.append(
+                    {
+                        "device": device,
+                        "policy": name,
+                        "batch": b,
+                        "median_ms": 1e3 * statistics.median(t),
+                        "min_ms": 1e3 * min(t),
+                        "max_ms": 1e3 * max(t),
+                        "repeats": len(t),
+                    }
+                )
+        for policy in policies.values():
+            policy.to("cpu")
+        for b in batches:
+            med = {r["policy"]: r["median_ms"] for r in rows if r["device"] == device and r["batch"] == b}
+            ratios[f"{device}/b{b}/mepoly_over_ddpm100"] = med["mepoly"] / med["dp-ddpm100"]
+            ratios[f"{device}/b{b}/mepoly_over_{ddim_name.removeprefix('dp-')}"] = med["mepoly"] / med[ddim_name]
+    goals_met = {
+        k: v <= (GOALS["ddpm"] if "ddpm" in k else GOALS["ddim"]) for k, v in ratios.items()
+    }
+    return {
+        "benchmark": "latency",
+        "what": "predict_action_chunk wall time (normalize -> generate -> slice -> unnormalize), random weights",
+        "scale": scale,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "horizons": {"obs": horizons[0], "act": horizons[1], "pred": horizons[2]},
+        "ddim_steps": ddim_steps,
+        "params": sizes,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "rows": rows,
+        "ratios": ratios,
+        "goals": {"mepoly_over_ddpm100_max": GOALS["ddpm"], "mepoly_over_ddim_max": GOALS["ddim"]},
+        "goals_met": goals_met,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown table of medians plus the ratio lines."""
+    p = result["params"]
+    lines = [
+        f"parameters: MePoly {p['mepoly_total']:,} (acting {p['mepoly_acting']:,}), "
+        f"DP {p['dp']:,} (down_dims {p['dp_down_dims']}); scale={result['scale']} ({p['mepoly_config_source']}), "
+        f"threads={result['machine']['threads']}",
+        "",
+        "| device | policy | batch | median ms | min ms | max ms | n |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['device']} | {r['policy']} | {r['batch']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
+            f"{r['max_ms']:.2f} | {r['repeats']} |"
+        )
+    lines.append("")
+    for k, v in result["ratios"].items():
+        goal = result["goals"]["mepoly_over_ddpm100_max" if "ddpm" in k else "mepoly_over_ddim_max"]
+        ok = "meets" if result["goals_met"][k] else "MISSES"
+        lines.append(f"{k}: {v:.4f} (1/{1 / v:.0f}); goal <= 1/{1 / goal:.0f}: {ok}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="mepoly-il bench latency", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 10], help="batch sizes to time")
+    ap.add_argument("--ddim-steps", type=int, default=10, help="k for the DP-DDIMk row")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: CPU, plus CUDA when available")
+    ap.add_argument("--scale", choices=sorted(MEPOLY_SCALES), default="paper", help="MePoly size (DP is matched)")
+    ap.add_argument("--obs-dim", type=int, default=35, help="observation width (PushCube-v1 state: 35)")
+    ap.add_argument("--act-dim", type=int, default=4, help="action width (pd_ee_delta_pos: 4)")
+    ap.add_argument("--horizons", type=int, nargs=3, default=[2, 8, 16], metavar=("TO", "TA", "T"))
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (DDPM-100: 1)")
+    ap.add_argument("--repeats", type=int, default=20, help="timed calls per MePoly/DDIM row")
+    ap.add_argument("--ddpm-repeats", type=int, default=5, help="timed calls per DDPM-100 row (slow)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--quick", action="store_true", help="tiny models, batch 1, few repeats (smoke test)")
+    ap.add_argument("--out", default="bench_latency.json", help="JSON output path")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.scale, args.batch, args.repeats, args.ddpm_repeats, args.warmup = "quick", [1], 3, 1, 1
+    if min(args.batch) < 1:
+        raise UserError(f"--batch {args.batch}: batch sizes must be >= 1")
+    if not 1 <= args.ddim_steps <= 100:
+        raise UserError(f"--ddim-steps {args.ddim_steps}: must be in [1, 100] (DP trains with 100 steps)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
+    devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [args.device]
+    devices = ["cpu"] if devices == ["auto"] else devices
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        from mepoly_il.policies.mepoly.policy import MePolyPolicy  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"MePoly policy is not importable ({err}); this benchmark compares MePoly with DP") from None
+    result = run(
+        args.batch, args.ddim_steps, devices, args.scale, args.obs_dim, args.act_dim, tuple(args.horizons),
+        args.warmup, args.repeats, args.ddpm_repeats,
+    )
+    result["command"] = "mepoly-il bench latency " + " ".join(argv)
+    print(format_table(result))
+    from mepoly_il.utils import write_json_atomic
+
+    write_json_atomic(args.out, result)
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
