@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Table 1 at a CPU budget (2 cores, no GPU): the same pipeline and metric as eval/table1.sh, smaller everywhere.
+# Every deviation from the paper protocol is listed here and next to the value it changes. Numbers from this script
+# are NOT comparable to the paper's table; they check that the pipeline works and show the trend.
+#
+# Deviations from eval/table1.sh (paper protocol):
+#   D1  configs/{stage1,stage2,dp}/<task>-cpu.yaml: smaller networks, batch sizes and step budgets (each file
+#       lists its own differences; e.g. DP PushCube: UNet [32,64,128] 1.2M params instead of 4.3M, 3000 steps at
+#       batch 256 instead of 30000 at batch 1024, EMA decay 0.999).
+#   D2  EPISODES=20 evaluation episodes per evaluation point instead of 100 (std error of one point ~0.1).
+#   D3  EVAL_EVERY=1000 steps (3 points in a 3000-step run) instead of 5000 of 30000 (7 points): the "peak over
+#       training" is a max over fewer, noisier points.
+#   D4  EVAL_ENVS=2 CPU processes instead of 10 (same results: seeds are per episode, not per process).
+#   D5  PushT-v1 is left out (no demos on this machine; its demos and evaluation are physx_cuda in the paper).
+# Unchanged: 100 demos per task (motion planning + replay to pd_ee_delta_pos), state observations, evaluation seeds
+# (block 0), max_episode_steps (PushCube/PickCube 100, StackCube 200), reconfiguration_freq=1, ignore terminations,
+# physx_cpu, 3 training seeds, EMA weights evaluated, DP sampler DDPM-100.
+#
+# Usage:  bash eval/table1_cpu.sh            DRY_RUN=1 bash eval/table1_cpu.sh
+#         TASKS="PushCube-v1" SEEDS="0" bash eval/table1_cpu.sh
+set -euo pipefail
+
+TASKS=${TASKS:-"PushCube-v1 PickCube-v1 StackCube-v1"}   # D5: no PushT-v1
+SEEDS=${SEEDS:-"0 1 2"}
+NUM_DEMOS=${NUM_DEMOS:-100}     # unchanged
+EPISODES=${EPISODES:-20}        # D2 (paper: 100)
+EVAL_EVERY=${EVAL_EVERY:-1000}  # D3 (paper: 5000)
+EVAL_ENVS=${EVAL_ENVS:-2}       # D4 (paper: 10)
+RUNS=${RUNS:-runs_cpu}
+OUT=${OUT:-eval/results/table1_cpu}
+MEPOLY_IL=${MEPOLY_IL:-mepoly-il}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2}
+
+run() {
+    echo "+ $*"
+    if [[ -z "${DRY_RUN:-}" ]]; then "$@"; fi
+}
+
+last_ckpt() {  # newest last.ckpt under a run root (see eval/table1.sh)
+    if [[ -n "${DRY_RUN:-}" ]]; then echo "$1/checkpoints/last.ckpt"; return; fi
+    local found
+    found=$(find "$1" -name last.ckpt -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
+    if [[ -z "$found" ]]; then echo "no last.ckpt under $1 (did training finish?)" >&2; exit 1; fi
+    echo "$found"
+}
+
+eval_callback() {
+    echo --trainer.callbacks+=mepoly_il.eval.callback.EvalCallback \
+        --trainer.callbacks.every_n_steps "$EVAL_EVERY" --trainer.callbacks.episodes "$EPISODES" \
+        --trainer.callbacks.num_envs "$EVAL_ENVS" --trainer.callbacks.sim_backend physx_cpu
+}
+
+for task in $TASKS; do
+    if [[ ! -e "datasets/$task.zarr" ]]; then
+        run "$MEPOLY_IL" data prepare --env-id "$task" --num-demos "$NUM_DEMOS" --out "datasets/$task.zarr"
+    fi
+    for seed in $SEEDS; do
+        # D1: -cpu configs
+        run "$MEPOLY_IL" fit stage1 --config "configs/stage1/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
+            --trainer.default_root_dir "$RUNS/stage1/$task/seed$seed" --seed_everything "$seed"
+        # shellcheck disable=SC2046
+        run "$MEPOLY_IL" fit stage2 --config "configs/stage2/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
+            --model.stage1_ckpt "$(last_ckpt "$RUNS/stage1/$task/seed$seed")" \
+            --trainer.default_root_dir "$RUNS/mepoly/$task/seed$seed" --seed_everything "$seed" \
+            $(eval_callback)
+        # shellcheck disable=SC2046
+        run "$MEPOLY_IL" fit dp --config "configs/dp/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
+            --trainer.default_root_dir "$RUNS/dp/$task/seed$seed" --seed_everything "$seed" \
+            $(eval_callback)
+        for method in mepoly dp; do
+            # one 128x128 video each (CPU rendering: ~15 s to start, then ~0.05-0.1 s per frame)
+            run "$MEPOLY_IL" eval run "$(last_ckpt "$RUNS/$method/$task/seed$seed")" --episodes "$EPISODES" \
+                --num-envs "$EVAL_ENVS" --video 1 --out "$RUNS/$method/$task/seed$seed/final_eval"
+        done
+    done
+done
+
+run "$MEPOLY_IL" eval summary "$RUNS/mepoly" "$RUNS/dp" --source training --out "$OUT" --overwrite

@@ -1,0 +1,200 @@
+"""`mepoly-il bench eval`: env steps/s of a rollout with a policy vs raw simulator stepping.
+
+Same envs, same run, same episode structure (explicit seeded resets, ``max_episode_steps`` steps per episode):
+
+* ``raw``: random actions straight into the vector env (the ceiling);
+* ``raw (<policy>'s actions replayed)``: the actions a policy row produced, stepped again without the policy. Same
+  seeds, same physics (contacts cost more than free motion, so random actions are not the same workload): the
+  rollout / replay ratio isolates what the policy and the evaluator loop cost;
+* one row per policy: the real evaluator (:func:`mepoly_il.eval.rollout.run_episodes`) driving
+  - ``linear``: a one-layer BasePolicy (random weights), so the row measures the rollout machinery itself
+    (queues, normalizers, tensor <-> numpy, bookkeeping): the goal is >= 80 % of raw;
+  - ``mepoly``: a MePoly policy with random weights at its default (paper) size;
+  - ``dp``: ManiSkill's DP UNet (random weights) with the chosen sampler (default DDIM-10; DDPM-100 is the baseline's).
+  Network rows show what a real evaluation costs; their ratio is dominated by the network, not the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mepoly_il.errors import UserError
+from mepoly_il.policies.base import BasePolicy
+
+
+class LinearPolicy(BasePolicy):
+    """(B, To, Ds) -> (B, T, Da) through one linear layer: the cheapest real network a policy can have."""
+
+    def __init__(self, obs_dim: int, act_dim: int, obs_horizon: int = 2, act_horizon: int = 8, pred_horizon: int = 16):
+        super().__init__(obs_dim, act_dim, obs_horizon, act_horizon, pred_horizon)
+        self.net = nn.Linear(obs_horizon * obs_dim, pred_horizon * act_dim)
+
+    def generate(self, obs_norm: torch.Tensor) -> torch.Tensor:
+        from einops import rearrange
+
+        out = self.net(rearrange(obs_norm, "b t d -> b (t d)"))
+        return torch.tanh(rearrange(out, "b (t d) -> b t d", t=self.pred_horizon))
+
+
+def build_policy(kind: str, obs_dim: int, act_dim: int, dp_inference: str, dp_steps: int) -> BasePolicy:
+    """A policy of ``kind`` with random weights and identity normalizers (To 2, Ta 8, T 16)."""
+    horizons = (2, 8, 16)
+    if kind == "linear":
+        return LinearPolicy(obs_dim, act_dim, *horizons)
+    if kind == "mepoly":
+        from mepoly_il.policies.mepoly.policy import MePolyPolicy
+
+        return MePolyPolicy(obs_dim, act_dim, *horizons)
+    if kind == "dp":
+        from mepoly_il.policies.diffusion.policy import DiffusionPolicy
+
+        return DiffusionPolicy(obs_dim, act_dim, *horizons, inference=dp_inference, num_inference_steps=dp_steps)
+    raise UserError(f"unknown --policies entry {kind!r}; choose from linear, mepoly, dp")
+
+
+def raw_steps_per_sec(env, seeds: list[int], rng: np.random.Generator) -> dict[str, Any]:
+    """Random actions, same resets and episode length as the evaluator; returns steps, sec, steps/s."""
+    n, horizon = env.num_envs, env.spec.max_episode_steps
+    steps, t0 = 0, time.perf_counter()
+    for first in range(0, len(seeds), n):
+        batch = list(seeds[first : first + n]) + [seeds[-1] + 1 + i for i in range(n - len(seeds[first : first + n]))]
+        env.reset(batch)
+        for _ in range(horizon):
+            env.step(torch.as_tensor(rng.uniform(-1, 1, size=(n, env.act_dim)), dtype=torch.float32))
+        steps += n * horizon
+    sec = time.perf_counter() - t0
+    return {"steps": steps, "sec": round(sec, 3), "steps_per_sec": round(steps / sec, 1)}
+
+
+class _Recorder:
+    """Passes through to an EvalVecEnv and keeps the actions of every step, to replay them raw afterwards."""
+
+    def __init__(self, env) -> None:
+        self.env, self.actions = env, []
+        self.spec, self.num_envs, self.obs_dim, self.act_dim = env.spec, env.num_envs, env.obs_dim, env.act_dim
+
+    def reset(self, seeds):
+        return self.env.reset(seeds)
+
+    def step(self, actions):
+        self.actions.append(actions.detach().cpu().clone())
+        return self.env.step(actions)
+
+
+def replay_steps_per_sec(env, seeds: list[int], actions: list[torch.Tensor]) -> dict[str, Any]:
+    """Step the recorded actions with the same seeded resets: the same physics as the rollout, without the policy."""
+    n, horizon = env.num_envs, env.spec.max_episode_steps
+    t0, k = time.perf_counter(), 0
+    for first in range(0, len(seeds), n):
+        batch = list(seeds[first : first + n]) + [seeds[-1] + 1 + i for i in range(n - len(seeds[first : first + n]))]
+        env.reset(batch)
+        for _ in range(horizon):
+            env.step(actions[k])
+            k += 1
+    sec = time.perf_counter() - t0
+    return {"steps": k * n, "sec": round(sec, 3), "steps_per_sec": round(k * n / sec, 1)}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="mepoly-il bench eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env-id", default="PushCube-v1")
+    ap.add_argument("--control-mode", default="pd_ee_delta_pos")
+    ap.add_argument("--num-envs", type=int, default=1, help="parallel envs (CPU: processes)")
+    ap.add_argument("--episodes", type=int, default=4, help="episodes per row")
+    ap.add_argument("--max-episode-steps", type=int, default=None, help="default: the task's protocol length")
+    ap.add_argument("--reconfiguration-freq", type=int, default=1, help="1 = protocol; 0 isolates stepping cost")
+    ap.add_argument("--policies", default="linear,mepoly,dp", help="comma-separated: linear, mepoly, dp")
+    ap.add_argument("--dp-inference", default="ddim", choices=["ddim", "ddpm"])
+    ap.add_argument("--dp-steps", type=int, default=10, help="denoising steps of the dp row (DDPM: 100)")
+    ap.add_argument("--sim-backend", default="physx_cpu", choices=["auto", "physx_cpu", "physx_cuda"])
+    ap.add_argument("--device", default="cpu", help="policy device")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best round of each row is kept")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 1 episode of 16 steps, linear policy only")
+    ap.add_argument("--out", default="bench_eval.json", help="JSON output path")
+    args = ap.parse_args(argv)
+
+    from mepoly_il.envs.maniskill import make_eval_env
+    from mepoly_il.eval.rollout import env_spec_for, eval_seeds, run_episodes
+    from mepoly_il.utils import write_json_atomic
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.episodes, args.max_episode_steps, args.policies = 1, args.max_episode_steps or 16, "linear"
+        args.repeats = 1
+    kinds = [k.strip() for k in args.policies.split(",") if k.strip()]
+    meta = {"env_id": args.env_id, "control_mode": args.control_mode, "obs_mode": "state"}
+    spec = env_spec_for(meta, args.max_episode_steps, args.sim_backend, args.reconfiguration_freq)
+    seeds = eval_seeds(0, args.episodes)
+    t_make = time.perf_counter()
+    with make_eval_env(spec, num_envs=min(args.num_envs, args.episodes)) as env:
+        make_sec = time.perf_counter() - t_make
+        policies = {k: build_policy(k, env.obs_dim, env.act_dim, args.dp_inference, args.dp_steps) for k in kinds}
+        rng = np.random.default_rng(0)
+        raw_steps_per_sec(env, seeds[:1], rng)  # warm-up: first resets and steps are slower
+        # Rows are interleaved over `repeats` rounds and the best round is kept: the machine may be shared, and
+        # the least-disturbed round is the closest to the true cost (as timeit takes the minimum).
+        rounds: dict[str, list[dict[str, Any]]] = {"raw": []}
+        for _ in range(args.repeats):
+            rounds["raw"].append(raw_steps_per_sec(env, seeds, rng))
+            for kind, policy in policies.items():
+                policy.to(args.device)
+                recorder = _Recorder(env)
+                result = run_episodes(policy, recorder, seeds)
+                rounds.setdefault(kind, []).append({
+                    "steps": result.env_steps, "sec": round(result.sec, 3),
+                    "steps_per_sec": round(result.env_steps / result.sec, 1),
+                    "policy_sec": round(result.policy_sec, 3), "env_sec": round(result.env_sec, 3),
+                })
+                rounds.setdefault(f"{kind}/replay", []).append(replay_steps_per_sec(env, seeds, recorder.actions))
+    best = {k: max(v, key=lambda r: r["steps_per_sec"]) for k, v in rounds.items()}
+    raw_sps = best["raw"]["steps_per_sec"]
+    rows: list[dict[str, Any]] = [{"name": "raw (random actions)", **best["raw"], "ratio": 1.0}]
+    for kind, policy in policies.items():
+        label = kind if kind != "dp" else f"dp ({args.dp_inference}-{args.dp_steps})"
+        n_params = sum(p.numel() for p in policy.parameters())
+        replay = best[f"{kind}/replay"]
+        rows.append({"name": f"raw ({label}'s actions replayed)", **replay,
+                     "ratio": round(replay["steps_per_sec"] / raw_sps, 3)})
+        rows.append({"name": label, "params": n_params, **best[kind],
+                     "ratio": round(best[kind]["steps_per_sec"] / raw_sps, 3),
+                     "ratio_vs_replay": round(best[kind]["steps_per_sec"] / replay["steps_per_sec"], 3)})
+    out = {
+        "bench": "eval",
+        "env_id": spec.env_id,
+        "control_mode": spec.control_mode,
+        "sim_backend": spec.sim_backend,
+        "num_envs": min(args.num_envs, args.episodes),
+        "episodes": args.episodes,
+        "max_episode_steps": spec.max_episode_steps,
+        "reconfiguration_freq": spec.reconfiguration_freq,
+        "env_make_sec": round(make_sec, 2),
+        "torch_threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "rows": rows,
+        "rounds": rounds,
+        "goal": "rollout >= 0.8 x raw steps/s (linear policy: the evaluator's own overhead)",
+        "command": "mepoly-il bench eval " + " ".join(argv),
+    }
+    print(f"bench eval: {spec.env_id} {spec.sim_backend} num_envs={out['num_envs']} episodes={args.episodes} "
+          f"x {spec.max_episode_steps} steps, reconfiguration_freq={spec.reconfiguration_freq}")
+    print("| rollout | params | env steps/s | vs raw random | vs same actions replayed | policy s | env s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        vs_replay = f"{r['ratio_vs_replay']:.2f}" if "ratio_vs_replay" in r else "-"
+        print(f"| {r['name']} | {r.get('params', '-')} | {r['steps_per_sec']} | {r['ratio']:.2f} | {vs_replay} | "
+              f"{r.get('policy_sec', '-')} | {r.get('env_sec', r['sec'])} |")
+    spread = [r["steps_per_sec"] for r in rounds["raw"]]
+    print(f"best of {args.repeats} interleaved rounds; raw steps/s per round: {spread} (machine noise)")
+    write_json_atomic(args.out, out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,33 @@
+"""eval/table1*.sh: valid bash, and the command sequence they would run (DRY_RUN, nothing executed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script, suffix", [("table1.sh", ""), ("table1_cpu.sh", "-cpu")])
+def test_table1_scripts_dry_run(script, suffix, tmp_path):
+    path = REPO / "eval" / script
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    env = {**os.environ, "DRY_RUN": "1", "SEEDS": "0 1 2", "TASKS": "PushCube-v1 StackCube-v1"}
+    proc = subprocess.run(["bash", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    cmds = [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    fits = [c for c in cmds if " fit " in c]
+    assert len(fits) == 2 * 3 * 3  # tasks x seeds x (stage1, stage2, dp)
+    for task in ("PushCube-v1", "StackCube-v1"):
+        assert f"mepoly-il data prepare --env-id {task} --num-demos 100 --out datasets/{task}.zarr" in cmds
+        for seed in (0, 1, 2):
+            root = f"seed{seed} --seed_everything {seed}"
+            s1, s2, dp = (c for c in fits if f"/{task}/seed{seed} " in c)
+            assert s1.startswith(f"mepoly-il fit stage1 --config configs/stage1/{task}{suffix}.yaml") and root in s1
+            assert f"configs/stage2/{task}{suffix}.yaml" in s2 and "--model.stage1_ckpt" in s2
+            assert f"/stage1/{task}/seed{seed}/" in s2 and "EvalCallback" in s2 and root in s2
+            assert f"configs/dp/{task}{suffix}.yaml" in dp and "EvalCallback" in dp and root in dp
+            assert "EvalCallback" not in s1  # stage 1 cannot act
+    assert cmds[-1].startswith("mepoly-il eval summary") and "--source training" in cmds[-1]
