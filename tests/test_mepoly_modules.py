@@ -159,3 +159,26 @@ def test_stage1_policy_without_prior_cannot_act():
     policy = small_policy(prior=None)
     with pytest.raises(RuntimeError, match="stage 2"):
         policy.predict_action_chunk(torch.zeros(1, 2, 5))
+
+
+def _stage1(**kw):
+    from mepoly_il.policies.mepoly.lightning import Stage1Module
+
+    return Stage1Module(
+        5, 3, 2, 4, 8, d_model=32, n_heads=4, ff_dim=64, enc_layers=1, obs_layers=1, dec_layers=1, dropout=0.0, **kw
+    )
+
+
+def test_stage1_iso_latent_switch_is_validated_and_latent_gain_reported():
+    from mepoly_il.errors import UserError
+
+    with pytest.raises(UserError, match="iso_latent"):
+        _stage1(iso_latent="median")
+    batch = {"obs": torch.randn(16, 2, 5), "action": torch.rand(16, 8, 3) * 2 - 1}
+    for mode in ("mean", "sample"):
+        module = _stage1(iso_latent=mode)
+        train = module._losses(batch, sample=True)
+        assert torch.isfinite(train["iso"]) and "latent_gain" not in train
+        val = module._losses(batch, sample=False)
+        # AdaLN starts at zero, so an untrained decoder ignores z: shuffling codes changes nothing.
+        assert abs(float(val["latent_gain"])) < 1e-6

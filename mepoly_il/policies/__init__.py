@@ -4,10 +4,12 @@ Checkpoint contract (every Lightning module in this package writes it):
 
 * the file loads with ``torch.load(path, weights_only=True)``: hyperparameters are primitives, so loading a
   downloaded checkpoint never unpickles arbitrary objects;
-* ``ckpt["mepoly_il"]`` = ``{"format_version": 1, "policy": "mepoly" | "dp", "dataset": {...provenance...,
-  "episode_seeds": [...]}}``;
-* ``ckpt["hyper_parameters"]`` rebuilds the network; ``ckpt["state_dict"]`` holds the weights to act with (the EMA
-  weights when the EMA callback ran), with the policy under the ``policy.`` prefix.
+* ``ckpt["mepoly_il"]`` = ``{"format_version": 1, "policy": "mepoly" | "dp" | None (stage 1), "dataset":
+  {...provenance..., "episode_seeds": [...]}, "policy_config": {...}, "hparams": {...}}``;
+* ``policy_config`` (primitives) rebuilds the network; ``ckpt["state_dict"]`` holds the weights to act with (the EMA
+  weights when the EMA callback ran), with the policy under the ``policy.`` prefix;
+* there is no ``ckpt["hyper_parameters"]``: LightningCLI would re-apply it *over* the command line on ``--ckpt_path``
+  resume (Lightning PR #21455), so the modules keep it in ``mepoly_il.hparams`` and the run's ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     ckpt = read_checkpoint(path)
     info = ckpt["mepoly_il"]
     kind = info.get("policy")
+    if kind is None and info.get("stage") == 1:
+        raise UserError(f"{path}: this is a MePoly stage-1 (VAE) checkpoint, not a policy; train stage 2 on it with "
+                        "`mepoly-il fit stage2 --model.stage1_ckpt PATH` and load that checkpoint")
     if kind not in POLICY_LOADERS:
         raise UserError(f"{path}: unknown policy kind {kind!r}; expected one of {sorted(POLICY_LOADERS)}")
     module_name, fn_name = POLICY_LOADERS[kind].split(":")
