@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup venv vulkan demo test test-fast lint bench clean
+.PHONY: setup venv vulkan demo demo-poly test test-fast lint clean
 
 setup: venv vulkan
 
@@ -31,7 +31,11 @@ $(VENV)/.vulkan-ok: $(VENV)/.installed scripts/ensure-vulkan.sh
 	@touch $@
 
 demo: setup
-	$(VENV)/bin/mepoly-il demo
+	$(VENV)/bin/mepoly-il demo il
+
+# The polynomial-core job: density fits of the lemniscate and two moons (orders 2-14, Legendre vs monomial).
+demo-poly: venv
+	$(VENV)/bin/mepoly-il demo poly
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

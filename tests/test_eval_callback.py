@@ -70,7 +70,9 @@ def test_callback_rejects_bad_period():
 
 
 @pytest.mark.sim
-def test_eval_callback_in_training_logs_and_writes_rows(tmp_path):
+def test_eval_callback_in_training_logs_and_writes_rows(tmp_path, monkeypatch):
+    # An earlier in-process seed_everything() leaves PL_GLOBAL_SEED behind; this run sets no seed.
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     # PushCube-v1 dimensions (state 35, pd_ee_delta_pos 4) so the tiny DP can act in the real simulator.
     dm, model = _setup(tmp_path / "push.zarr", 35, 4, "PushCube-v1")
     cb = EvalCallback(every_n_steps=2, episodes=2, seed=3, max_episode_steps=8, reconfiguration_freq=0)

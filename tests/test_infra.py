@@ -121,3 +121,11 @@ def test_select_action_rejects_wrong_obs_dim():
     pol = _CountingPolicy()
     with pytest.raises(ValueError, match=r"\(B, 2\)"):
         pol.select_action(torch.zeros(4, 3))
+
+
+def test_demo_poly_quick_writes_png_and_table(tmp_path):
+    out = tmp_path / "poly"
+    assert cli_main(["demo", "poly", "--quick", "--out", str(out)]) == 0
+    for name in ("density_fit.png", "density_fit.md", "density_fit.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert "| lemniscate |" in (out / "density_fit.md").read_text()
