@@ -53,6 +53,23 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return Path(path)
 
 
+def to_primitive(x: Any) -> Any:
+    """Nested dicts/lists of numpy values, tuples and paths -> plain Python, loadable with ``weights_only=True``."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {str(k): to_primitive(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [to_primitive(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    return str(x)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

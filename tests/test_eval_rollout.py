@@ -79,7 +79,7 @@ def test_rollout_metrics_match_the_maniskill_wrapper():
     for r in rows:
         # Sparse reward = success indicator, so the return counts successful steps.
         if r["success_once"]:
-            assert 1 <= r["first_success_step"] <= STEPS and r["return"] >= 1
+            assert r["first_success_step"] >= 1 and r["first_success_step"] <= STEPS and r["return"] >= 1
         else:
             assert r["first_success_step"] is None and r["return"] == 0
         assert r["success_once"] >= r["success_at_end"]

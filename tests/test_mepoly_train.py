@@ -105,7 +105,7 @@ def test_stage1_cli_run_writes_checkpoint_logs_and_latent_plot(stage1_ckpt):
     for key in ("train/recon", "train/iso", "train/box", "train/kl", "train/frac_outside_box", "val/recon"):
         assert key in header
     assert (root / "lightning_logs/version_0/latents.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(UserError, match="stage-1 \(VAE\) checkpoint, not a policy"):
+    with pytest.raises(UserError, match=r"stage-1 \(VAE\) checkpoint, not a policy"):
         load_policy(stage1_ckpt)
     with pytest.raises(UserError, match="stage-1 checkpoint"):
         policy_from_checkpoint(read_checkpoint(stage1_ckpt))

@@ -83,7 +83,7 @@ def run_il(out: Path, env_id: str, num_demos: int, episodes: int, seed: int, vid
         "success_at_end": agg.get("success_at_end"),
         "checkpoint": str(s2_ckpt),
         "eval_info": str(infos[-1]),
-        "videos": info.get("video_paths", []),
+        "videos": [str(infos[-1].parent / v) for v in info.get("video_paths", [])],
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "seconds_total": round(sum(timings.values()), 1),
     }

@@ -21,6 +21,7 @@ from mepoly_il.data.normalize import Normalizer
 from mepoly_il.errors import UserError
 from mepoly_il.policies import CHECKPOINT_FORMAT_VERSION
 from mepoly_il.policies.diffusion.policy import DiffusionPolicy, policy_kwargs
+from mepoly_il.utils import to_primitive as _primitive
 
 
 class DiffusionModule(pl.LightningModule):
@@ -214,14 +215,3 @@ class DiffusionModule(pl.LightningModule):
             "dataset": meta,
         }
 
-def _primitive(obj: Any) -> Any:
-    """numpy scalars/arrays and tuples -> plain Python, so the checkpoint loads with weights_only=True."""
-    if isinstance(obj, dict):
-        return {str(k): _primitive(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_primitive(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj

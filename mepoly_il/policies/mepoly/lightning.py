@@ -39,24 +39,12 @@ from einops import rearrange
 from mepoly_il.errors import UserError
 from mepoly_il.policies.mepoly.policy import MePolyPolicy
 from mepoly_il.policies.mepoly.priors import PRIOR_KINDS, to_box
+from mepoly_il.utils import to_primitive as _primitive
 
 FORMAT_VERSION = 1
 _LINKED = ("obs_dim", "act_dim", "obs_horizon", "act_horizon", "pred_horizon")
 
 
-def _primitive(x: Any) -> Any:
-    """Make ``x`` loadable with ``torch.load(weights_only=True)``: numpy/paths -> Python primitives."""
-    if isinstance(x, dict):
-        return {str(k): _primitive(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_primitive(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    if x is None or isinstance(x, bool | int | float | str):
-        return x
-    return str(x)
 
 
 def mds_stress(traj: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
