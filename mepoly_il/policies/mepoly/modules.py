@@ -37,30 +37,34 @@ def _encoder_layer(d_model: int, n_heads: int, ff_dim: int, dropout: float) -> n
     )
 
 
-class ActionEncoder(nn.Module):
-    """Action chunk (B, T, Da) -> pooled feature (B, d): embedding + learned positions, Transformer, mean."""
+class _TokenEncoder(nn.Module):
+    """Tokens (B, L, Din) -> features (B, L, d): linear embedding + learned positions, then a TransformerEncoder."""
 
     def __init__(
-        self,
-        act_dim: int,
-        pred_horizon: int,
-        d_model: int,
-        n_layers: int,
-        n_heads: int,
-        ff_dim: int,
-        dropout: float,
+        self, in_dim: int, length: int, d_model: int, n_layers: int, n_heads: int, ff_dim: int, dropout: float
     ) -> None:
         super().__init__()
-        self.embed = nn.Linear(act_dim, d_model)
-        self.pos = nn.Parameter(torch.randn(1, pred_horizon, d_model) * 0.02)
+        self.embed = nn.Linear(in_dim, d_model)
+        self.pos = nn.Parameter(torch.randn(1, length, d_model) * 0.02)
         self.encoder = nn.TransformerEncoder(
             _encoder_layer(d_model, n_heads, ff_dim, dropout), n_layers, enable_nested_tensor=False
         )
         self.norm = nn.LayerNorm(d_model)
 
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.embed(x) + self.pos)
+
+
+class ActionEncoder(_TokenEncoder):
+    """Action chunk (B, T, Da) -> pooled feature (B, d): embedding + learned positions, Transformer, mean."""
+
+    def __init__(
+        self, act_dim: int, pred_horizon: int, d_model: int, n_layers: int, n_heads: int, ff_dim: int, dropout: float
+    ) -> None:
+        super().__init__(act_dim, pred_horizon, d_model, n_layers, n_heads, ff_dim, dropout)
+
     def forward(self, actions: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(self.embed(actions) + self.pos)
-        return self.norm(h.mean(dim=1))
+        return self.norm(self.tokens(actions).mean(dim=1))
 
 
 class LatentHeads(nn.Module):
@@ -76,7 +80,7 @@ class LatentHeads(nn.Module):
         return self.mu(feat), self.logvar(feat).clamp(-12.0, 6.0)
 
 
-class ObsEncoder(nn.Module):
+class ObsEncoder(_TokenEncoder):
     """Observation history (B, To, Ds) -> memory (B, To, d).
 
     The paper lists a linear embedding and a TransformerEncoder; a learned positional embedding is added as
@@ -84,25 +88,12 @@ class ObsEncoder(nn.Module):
     """
 
     def __init__(
-        self,
-        obs_dim: int,
-        obs_horizon: int,
-        d_model: int,
-        n_layers: int,
-        n_heads: int,
-        ff_dim: int,
-        dropout: float,
+        self, obs_dim: int, obs_horizon: int, d_model: int, n_layers: int, n_heads: int, ff_dim: int, dropout: float
     ) -> None:
-        super().__init__()
-        self.embed = nn.Linear(obs_dim, d_model)
-        self.pos = nn.Parameter(torch.randn(1, obs_horizon, d_model) * 0.02)
-        self.encoder = nn.TransformerEncoder(
-            _encoder_layer(d_model, n_heads, ff_dim, dropout), n_layers, enable_nested_tensor=False
-        )
-        self.norm = nn.LayerNorm(d_model)
+        super().__init__(obs_dim, obs_horizon, d_model, n_layers, n_heads, ff_dim, dropout)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.encoder(self.embed(obs) + self.pos))
+        return self.norm(self.tokens(obs))
 
 
 class AdaLN(nn.Module):

@@ -84,18 +84,11 @@ class _PolyDist:
         return to_box(self.base.mode)
 
 
-class _GaussianDist:
+class _GaussianDist(_PolyDist):
+    """Diagonal Gaussian with the same box handling; its mode is the mean."""
+
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor) -> None:
-        self.base = torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1)
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        return self.base.log_prob(z)
-
-    def entropy(self) -> torch.Tensor:
-        return self.base.entropy()
-
-    def sample(self) -> torch.Tensor:
-        return to_box(self.base.sample())
+        super().__init__(torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1))
 
     @property
     def mode(self) -> torch.Tensor:
