@@ -14,6 +14,9 @@
 #   D4  EVAL_ENVS=2 CPU processes instead of 10 (same results: seeds are per episode, not per process).
 #   D6  FINAL_EVAL=0 skips the extra evaluation (and video) of each last.ckpt after training; the summary uses the
 #       evaluations made during training either way.
+#   D7  DP_MAX_STEPS / DP_EVAL_EVERY (default: the config's 3000 / EVAL_EVERY) set DP's budget alone; with
+#       DP_MAX_STEPS=10000 DP_EVAL_EVERY=2000 DP gets about 3x MePoly's training wall time (see
+#       eval/results/table1_cpu/README.md: at 3000 steps every DP seed was still climbing).
 #   D5  PushT-v1 is left out (no demos on this machine; its demos and evaluation are physx_cuda in the paper).
 # Unchanged: 100 demos per task (motion planning + replay to pd_ee_delta_pos), state observations, evaluation seeds
 # (block 0), max_episode_steps (PushCube/PickCube 100, StackCube 200), reconfiguration_freq=1, ignore terminations,
@@ -21,6 +24,8 @@
 #
 # Usage:  bash eval/table1_cpu.sh            DRY_RUN=1 bash eval/table1_cpu.sh
 #         TASKS="PushCube-v1" SEEDS="0" bash eval/table1_cpu.sh
+#         METHODS=dp DP_MAX_STEPS=10000 DP_EVAL_EVERY=2000 RUNS=runs_cpu_dp10k OUT=eval/results/table1_cpu_dp10k \
+#             bash eval/table1_cpu.sh
 set -euo pipefail
 
 TASKS=${TASKS:-"PushCube-v1 PickCube-v1 StackCube-v1"}   # D5: no PushT-v1
@@ -33,6 +38,9 @@ FINAL_EVAL=${FINAL_EVAL:-1}     # D6 when 0
 RUNS=${RUNS:-runs_cpu}
 OUT=${OUT:-eval/results/table1_cpu}
 MEPOLY_IL=${MEPOLY_IL:-mepoly-il}
+METHODS=${METHODS:-"mepoly dp"}  # which methods to train (the summary covers those present under $RUNS)
+DP_MAX_STEPS=${DP_MAX_STEPS:-}  # D7: empty = the DP config's max_steps
+DP_EVAL_EVERY=${DP_EVAL_EVERY:-$EVAL_EVERY}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2}
 
 run() {
@@ -48,9 +56,9 @@ last_ckpt() {  # newest last.ckpt under a run root (see eval/table1.sh)
     echo "$found"
 }
 
-eval_callback() {
+eval_callback() {  # $1: evaluate every this many steps
     echo --trainer.callbacks+=mepoly_il.eval.callback.EvalCallback \
-        --trainer.callbacks.every_n_steps "$EVAL_EVERY" --trainer.callbacks.episodes "$EPISODES" \
+        --trainer.callbacks.every_n_steps "$1" --trainer.callbacks.episodes "$EPISODES" \
         --trainer.callbacks.num_envs "$EVAL_ENVS" --trainer.callbacks.sim_backend physx_cpu
 }
 
@@ -59,20 +67,24 @@ for task in $TASKS; do
         run "$MEPOLY_IL" data prepare --env-id "$task" --num-demos "$NUM_DEMOS" --out "datasets/$task.zarr"
     fi
     for seed in $SEEDS; do
-        # D1: -cpu configs
-        run "$MEPOLY_IL" fit stage1 --config "configs/stage1/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
-            --trainer.default_root_dir "$RUNS/stage1/$task/seed$seed" --seed_everything "$seed"
-        # shellcheck disable=SC2046
-        run "$MEPOLY_IL" fit stage2 --config "configs/stage2/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
-            --model.stage1_ckpt "$(last_ckpt "$RUNS/stage1/$task/seed$seed")" \
-            --trainer.default_root_dir "$RUNS/mepoly/$task/seed$seed" --seed_everything "$seed" \
-            $(eval_callback)
-        # shellcheck disable=SC2046
-        run "$MEPOLY_IL" fit dp --config "configs/dp/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
-            --trainer.default_root_dir "$RUNS/dp/$task/seed$seed" --seed_everything "$seed" \
-            $(eval_callback)
+        if [[ " $METHODS " == *" mepoly "* ]]; then
+            # D1: -cpu configs
+            run "$MEPOLY_IL" fit stage1 --config "configs/stage1/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
+                --trainer.default_root_dir "$RUNS/stage1/$task/seed$seed" --seed_everything "$seed"
+            # shellcheck disable=SC2046
+            run "$MEPOLY_IL" fit stage2 --config "configs/stage2/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
+                --model.stage1_ckpt "$(last_ckpt "$RUNS/stage1/$task/seed$seed")" \
+                --trainer.default_root_dir "$RUNS/mepoly/$task/seed$seed" --seed_everything "$seed" \
+                $(eval_callback "$EVAL_EVERY")
+        fi
+        if [[ " $METHODS " == *" dp "* ]]; then
+            # shellcheck disable=SC2046
+            run "$MEPOLY_IL" fit dp --config "configs/dp/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
+                --trainer.default_root_dir "$RUNS/dp/$task/seed$seed" --seed_everything "$seed" \
+                ${DP_MAX_STEPS:+--trainer.max_steps "$DP_MAX_STEPS"} $(eval_callback "$DP_EVAL_EVERY")
+        fi
         [[ "$FINAL_EVAL" == 0 ]] && continue
-        for method in mepoly dp; do
+        for method in $METHODS; do
             # one 128x128 video each (CPU rendering: ~15 s to start, then ~0.05-0.1 s per frame)
             run "$MEPOLY_IL" eval run "$(last_ckpt "$RUNS/$method/$task/seed$seed")" --episodes "$EPISODES" \
                 --num-envs "$EVAL_ENVS" --video 1 --out "$RUNS/$method/$task/seed$seed/final_eval"
@@ -80,4 +92,6 @@ for task in $TASKS; do
     done
 done
 
-run "$MEPOLY_IL" eval summary "$RUNS/mepoly" "$RUNS/dp" --source training --out "$OUT" --overwrite
+summary_dirs=()
+for method in mepoly dp; do [[ -d "$RUNS/$method" || -n "${DRY_RUN:-}" ]] && summary_dirs+=("$RUNS/$method"); done
+run "$MEPOLY_IL" eval summary "${summary_dirs[@]}" --source training --out "$OUT" --overwrite

@@ -68,6 +68,7 @@ def stage1_ckpt(workdir, dataset) -> Path:
         *TINY,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "Previous log files" not in res.stderr  # the CSV logger joins the run quietly (run_layout.py)
     ckpt = root / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     return ckpt
@@ -83,6 +84,7 @@ def stage2_ckpt(workdir, dataset, stage1_ckpt) -> Path:
         "--model.prior_hidden", "[32, 32]", "--model.poly_order", "4", "--data.batch_size", "32",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "Previous log files" not in res.stderr  # the CSV logger joins the run quietly (run_layout.py)
     ckpt = root / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     return ckpt

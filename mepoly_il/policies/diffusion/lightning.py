@@ -21,6 +21,7 @@ from mepoly_il.data.normalize import Normalizer
 from mepoly_il.errors import UserError
 from mepoly_il.policies import CHECKPOINT_FORMAT_VERSION
 from mepoly_il.policies.diffusion.policy import DiffusionPolicy, policy_kwargs
+from mepoly_il.policies.run_layout import arrange_run_outputs
 from mepoly_il.utils import to_primitive as _primitive
 
 
@@ -111,7 +112,7 @@ class DiffusionModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
-        self._arrange_outputs()
+        arrange_run_outputs(self.trainer)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None:
             raise UserError("`fit dp` needs a DemoDataModule (--data.path DATASET.zarr)")
@@ -132,30 +133,6 @@ class DiffusionModule(pl.LightningModule):
             avg = getattr(cb, "_average_model", None) if isinstance(cb, WeightAveraging) else None
             if avg is not None:
                 avg.module.load_state_dict(self.state_dict())
-
-    def _arrange_outputs(self) -> None:
-        """Same run layout as MePoly's stage modules, whatever ``trainer.default_root_dir`` is::
-
-            <root>/checkpoints/{step=0005000.ckpt, ..., last.ckpt}
-            <root>/lightning_logs/version_N/{events.out.tfevents.*, metrics.csv, hparams.yaml}
-
-        A CSV logger joins the (TensorBoard) logger, and a ModelCheckpoint left at Lightning's default directory
-        (inside the versioned log dir, which changes on every resume) is pointed at ``<root>/checkpoints``.
-        """
-        import os
-
-        from lightning.pytorch.loggers import CSVLogger
-
-        trainer = self.trainer
-        if trainer.loggers and not any(isinstance(lg, CSVLogger) for lg in trainer.loggers):
-            first = trainer.loggers[0]
-            version = first.version if isinstance(first.version, str) else f"version_{first.version}"
-            csv = CSVLogger(save_dir=first.save_dir or trainer.default_root_dir, name=first.name or "", version=version)
-            trainer.loggers = [*trainer.loggers, csv]
-        default_dirs = {os.path.join(lg.log_dir, "checkpoints") for lg in trainer.loggers if lg.log_dir}
-        for cb in trainer.checkpoint_callbacks:
-            if cb.dirpath is not None and str(cb.dirpath) in default_dirs:
-                cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
 
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:

@@ -39,6 +39,7 @@ from einops import rearrange
 from mepoly_il.errors import UserError
 from mepoly_il.policies.mepoly.policy import MePolyPolicy
 from mepoly_il.policies.mepoly.priors import PRIOR_KINDS, to_box
+from mepoly_il.policies.run_layout import arrange_run_outputs
 from mepoly_il.utils import to_primitive as _primitive
 
 FORMAT_VERSION = 1
@@ -92,35 +93,6 @@ class _MePolyModule(L.LightningModule):
     def _dataset_meta(self) -> dict[str, Any]:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         return _primitive(dict(getattr(dm, "meta", {}) or {}))
-
-    def _arrange_outputs(self) -> None:
-        """One predictable layout under ``trainer.default_root_dir``, whatever the logger set-up::
-
-            <root>/checkpoints/{step=0001000.ckpt, ..., last.ckpt}
-            <root>/<logger name>/version_N/{events.out.tfevents.*, metrics.csv, hparams.yaml}
-
-        A CSV logger is added next to the first (TensorBoard) logger when none is configured, and a
-        ModelCheckpoint left at Lightning's default directory (inside the versioned log dir, which changes on
-        every resume) is pointed at ``<root>/checkpoints`` instead, so that
-        ``--ckpt_path <root>/checkpoints/last.ckpt`` resumes in place.
-        """
-        import os
-
-        from lightning.pytorch.loggers import CSVLogger
-
-        trainer = self.trainer
-        if trainer.loggers and not any(isinstance(lg, CSVLogger) for lg in trainer.loggers):
-            first = trainer.loggers[0]
-            csv = CSVLogger(
-                save_dir=first.save_dir or trainer.default_root_dir,
-                name=first.name or "",
-                version=first.version,
-            )
-            trainer.loggers = [*trainer.loggers, csv]
-        default_dirs = {os.path.join(lg.log_dir, "checkpoints") for lg in trainer.loggers if lg.log_dir}
-        for cb in trainer.checkpoint_callbacks:
-            if cb.dirpath is not None and str(cb.dirpath) in default_dirs:
-                cb.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
 
     def _sync_average_models(self) -> None:
         # EMAWeightAveraging deep-copies the module in its own setup(), which runs *before* ours; push the
@@ -256,7 +228,7 @@ class Stage1Module(_MePolyModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if stage == "fit":
-            self._arrange_outputs()
+            arrange_run_outputs(self.trainer)
         if stage == "fit" and dm is not None:
             # On resume the checkpoint restores the same buffers right after this.
             self.policy.set_normalizers(dm.obs_bounds, dm.act_bounds)
@@ -562,7 +534,7 @@ class Stage2Module(_MePolyModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if stage == "fit":
-            self._arrange_outputs()
+            arrange_run_outputs(self.trainer)
         if stage == "fit" and dm is not None:
             self._check_data(dm)
             self._sync_average_models()
