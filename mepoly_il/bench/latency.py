@@ -13,7 +13,6 @@ the ratios MePoly / DP. Goals (issue #5): MePoly <= 1/50 of DDPM-100 and <= 1/5 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from mepoly_il.bench.machine import machine_info
 from mepoly_il.errors import UserError
 from mepoly_il.policies.base import BasePolicy
 from mepoly_il.policies.diffusion.policy import DiffusionPolicy
@@ -192,13 +192,7 @@ def run(
         "horizons": {"obs": horizons[0], "act": horizons[1], "pred": horizons[2]},
         "ddim_steps": ddim_steps,
         "params": sizes,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        "machine": machine_info(),
         "rows": rows,
         "ratios": ratios,
         "goals": {"mepoly_over_ddpm100_max": GOALS["ddpm"], "mepoly_over_ddim_max": GOALS["ddim"]},
@@ -212,7 +206,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"parameters: MePoly {p['mepoly_total']:,} (acting {p['mepoly_acting']:,}), "
         f"DP {p['dp']:,} (down_dims {p['dp_down_dims']}); scale={result['scale']} ({p['mepoly_config_source']}), "
-        f"threads={result['machine']['threads']}",
+        f"threads={result['machine']['torch_threads']}",
         "",
         "| device | policy | batch | median ms | min ms | max ms | n |",
         "|---|---|---:|---:|---:|---:|---:|",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 import warnings
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from mepoly_il.bench.machine import machine_info
 from mepoly_il.bench.poly_reference import ReferencePolynomial
 from mepoly_il.poly import PolynomialFamily, QuadratureWarning
 
@@ -233,26 +233,6 @@ def format_scale(rows: list[dict]) -> str:
             f"| {r['hi_acc_self_diff']:.0e} |"
         )
     return "\n".join(lines)
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def main(argv: list[str]) -> int:

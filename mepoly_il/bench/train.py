@@ -14,7 +14,6 @@ stages together cost no more than DP at the same step budget.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from mepoly_il.bench.machine import machine_info
 from mepoly_il.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -177,19 +177,13 @@ def run(env_id: str, scale: str, steps: int, warmup: int, batch_size: int | None
         "goal_met_per_step": ratio_same_steps <= 1.0,
         "estimated_config_budget_s": est,
         "ratio_config_budget": (est["stage1"] + est["stage2"]) / est["dp"] if est["dp"] else None,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        "machine": machine_info(),
     }
 
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [
-        f"{result['env_id']}, scale={result['scale']}, threads={result['machine']['threads']}",
+        f"{result['env_id']}, scale={result['scale']}, threads={result['machine']['torch_threads']}",
         "",
         "| model | batch | params (trainable) | median s/step | steps/s | config steps | est. config time |",
         "|---|---:|---:|---:|---:|---:|---:|",
