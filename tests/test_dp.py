@@ -100,8 +100,20 @@ def test_bad_policy_config_fails_clearly(kwargs, needle):
 
 def test_bad_pred_horizon_via_cli(dataset, restore_argv, capsys):
     rc = cli_main(
-        ["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), "--data.pred_horizon", "10",
-         "--data.act_horizon", "4", "--trainer.fast_dev_run", "true"]
+        [
+            "fit",
+            "dp",
+            "--config",
+            str(CONFIG),
+            "--data.path",
+            str(dataset),
+            "--data.pred_horizon",
+            "10",
+            "--data.act_horizon",
+            "4",
+            "--trainer.fast_dev_run",
+            "true",
+        ]
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
@@ -111,8 +123,18 @@ def test_bad_pred_horizon_via_cli(dataset, restore_argv, capsys):
 def test_fast_dev_run_cli(dataset, restore_argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = cli_main(
-        ["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), "--trainer.fast_dev_run", "true",
-         "--data.batch_size", "16"]
+        [
+            "fit",
+            "dp",
+            "--config",
+            str(CONFIG),
+            "--data.path",
+            str(dataset),
+            "--trainer.fast_dev_run",
+            "true",
+            "--data.batch_size",
+            "16",
+        ]
     )
     assert rc == 0
     assert "DP parameters:" in capsys.readouterr().err
@@ -122,10 +144,26 @@ def test_fast_dev_run_cli(dataset, restore_argv, capsys, tmp_path, monkeypatch):
 def test_cli_fit_writes_checkpoint_that_loads_and_acts(dataset, restore_argv, tmp_path):
     root = tmp_path / "run"
     rc = cli_main(
-        ["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), "--trainer.max_steps", "3",
-         "--trainer.default_root_dir", str(root), "--data.batch_size", "16", "--trainer.val_check_interval", "2",
-         "--model.inference", "ddim",
-         "--model.num_inference_steps", "4"]
+        [
+            "fit",
+            "dp",
+            "--config",
+            str(CONFIG),
+            "--data.path",
+            str(dataset),
+            "--trainer.max_steps",
+            "3",
+            "--trainer.default_root_dir",
+            str(root),
+            "--data.batch_size",
+            "16",
+            "--trainer.val_check_interval",
+            "2",
+            "--model.inference",
+            "ddim",
+            "--model.num_inference_steps",
+            "4",
+        ]
     )
     assert rc == 0
     ckpt = root / "checkpoints" / "last.ckpt"
@@ -154,12 +192,24 @@ def test_train_save_load_identical_actions(dataset, tmp_path, normalize_obs):
     """Train a few steps with EMA, save, load_policy: same actions for the same noise seed; bounds round-trip."""
     dm = DemoDataModule(str(dataset), obs_horizon=2, act_horizon=4, pred_horizon=8, batch_size=32)
     model = DiffusionModule(
-        obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8,
-        normalize_obs=normalize_obs, warmup_steps=2, **SMALL,
+        obs_dim=dm.obs_dim,
+        act_dim=dm.act_dim,
+        obs_horizon=2,
+        act_horizon=4,
+        pred_horizon=8,
+        normalize_obs=normalize_obs,
+        warmup_steps=2,
+        **SMALL,
     )
     trainer = pl.Trainer(
-        max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[EMAWeightAveraging(decay=0.5)], limit_val_batches=0,
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EMAWeightAveraging(decay=0.5)],
+        limit_val_batches=0,
     )
     trainer.fit(model, dm)
     ckpt_path = tmp_path / "dp.ckpt"
@@ -201,8 +251,13 @@ def test_checkpoint_before_first_ema_update_keeps_dataset_bounds(dataset, tmp_pa
         obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8, **SMALL
     )
     trainer = pl.Trainer(
-        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
         callbacks=[EMAWeightAveraging(decay=0.9, update_starting_at_step=100)],
     )
     trainer.fit(model, dm)

@@ -39,8 +39,16 @@ def _eval_info(
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     at_end = once / 2
-    rows = [{"episode": i, "seed": 1_000_000 + i, "success_once": i < once * episodes,
-             "success_at_end": i < at_end * episodes, "episode_len": 100} for i in range(episodes)]
+    rows = [
+        {
+            "episode": i,
+            "seed": 1_000_000 + i,
+            "success_once": i < once * episodes,
+            "success_at_end": i < at_end * episodes,
+            "episode_len": 100,
+        }
+        for i in range(episodes)
+    ]
     info = {
         "per_episode": rows,
         "aggregated": {"success_once": once, "success_at_end": at_end, "n_episodes": episodes, "sec": 1.0},
@@ -55,8 +63,14 @@ def _fabricate(root: Path, env_id: str = "PushCube-v1") -> list[Path]:
     for (method, seed), curve in CURVES.items():
         run = root / method / env_id / f"seed{seed}"
         for step, once in zip(STEPS, curve):
-            _eval_info(run / "checkpoints" / "eval" / f"step={step:07d}" / "eval_info.json", method, seed, step, once,
-                       env_id=env_id)
+            _eval_info(
+                run / "checkpoints" / "eval" / f"step={step:07d}" / "eval_info.json",
+                method,
+                seed,
+                step,
+                once,
+                env_id=env_id,
+            )
         runs.append(run)
     return runs
 
@@ -107,8 +121,11 @@ def test_training_log_preferred_and_merged(tmp_path):
     # Two logger versions (a resumed run): step 200 appears in both, the later file wins.
     for version, rows in (("version_0", [(100, 0.1), (200, 0.5)]), ("version_1", [(200, 0.6), (300, 0.4)])):
         for step, once in rows:
-            append_training_eval(run / "tb" / version / "eval_during_training.json", prov,
-                                 {"global_step": step, "success_once": once, "success_at_end": 0.0, "n_episodes": 10})
+            append_training_eval(
+                run / "tb" / version / "eval_during_training.json",
+                prov,
+                {"global_step": step, "success_once": once, "success_at_end": 0.0, "n_episodes": 10},
+            )
     _eval_info(run / "checkpoints" / "eval" / "last" / "eval_info.json", "dp", 7, 300, 0.99, env_id="PickCube-v1")
     (auto,) = collect_series([run])
     assert auto.source == "training" and auto.seed_label == "seed7"
@@ -121,8 +138,9 @@ def test_append_training_eval_replaces_same_step(tmp_path):
     path = tmp_path / "eval_during_training.json"
     prov = {"method": "mepoly", "env_id": "PushCube-v1"}
     for step, once in ((20, 0.1), (10, 0.2), (20, 0.3)):
-        append_training_eval(path, prov, {"global_step": step, "success_once": once, "success_at_end": 0.0,
-                                          "n_episodes": 2})
+        append_training_eval(
+            path, prov, {"global_step": step, "success_once": once, "success_at_end": 0.0, "n_episodes": 2}
+        )
     data = json.loads(path.read_text())
     assert data["format"] == TRAINING_EVAL_FORMAT
     assert [(r["global_step"], r["success_once"]) for r in data["rows"]] == [(10, 0.2), (20, 0.3)]

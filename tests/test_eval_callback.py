@@ -17,22 +17,38 @@ from mepoly_il.errors import UserError
 from mepoly_il.eval.callback import EvalCallback, averaged_policy
 from mepoly_il.policies.diffusion.lightning import DiffusionModule
 
-TINY = {"down_dims": [8, 16, 32], "diffusion_step_embed_dim": 8, "inference": "ddim", "num_inference_steps": 2,
-        "warmup_steps": 1, "lr": 1e-2}
+TINY = {
+    "down_dims": [8, 16, 32],
+    "diffusion_step_embed_dim": 8,
+    "inference": "ddim",
+    "num_inference_steps": 2,
+    "warmup_steps": 1,
+    "lr": 1e-2,
+}
 
 
 def _setup(path, obs_dim, act_dim, env_id):
     make_synthetic_dataset(path, num_episodes=3, obs_dim=obs_dim, act_dim=act_dim, env_id=env_id)
     dm = DemoDataModule(str(path), obs_horizon=2, act_horizon=4, pred_horizon=8, batch_size=8, val_ratio=0.0)
-    model = DiffusionModule(obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8,
-                            **TINY)
+    model = DiffusionModule(
+        obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8, **TINY
+    )
     return dm, model
 
 
 def _trainer(tmp_path, callbacks, max_steps):
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", callbacks=callbacks, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path, logger=CSVLogger(tmp_path, name="csv"),
-                      limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=1)
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        logger=CSVLogger(tmp_path, name="csv"),
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
 
 
 class _Probe(Callback):

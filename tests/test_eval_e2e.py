@@ -24,8 +24,19 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 MEPOLY_IL = [sys.executable, "-m", "mepoly_il"]
 # reconfiguration_freq 0: same initial states on these tasks, 0.17 s less per episode.
-EVAL_RUN = ["eval", "run", "run", "--episodes", "2", "--max-episode-steps", "10", "--out", "ev",
-            "--reconfiguration-freq", "0"]
+EVAL_RUN = [
+    "eval",
+    "run",
+    "run",
+    "--episodes",
+    "2",
+    "--max-episode-steps",
+    "10",
+    "--out",
+    "ev",
+    "--reconfiguration-freq",
+    "0",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -43,19 +54,55 @@ def trained(tmp_path_factory) -> Path:
     make_synthetic_dataset(work / "push.zarr", num_episodes=3, obs_dim=35, act_dim=4, env_id="PushCube-v1")
     _run(
         [
-            "fit", "dp", "--data.path", "push.zarr", "--data.batch_size", "16", "--data.val_ratio", "0",
-            "--data.act_horizon", "4", "--data.pred_horizon", "8",
-            "--model.down_dims", "[8,16,32]", "--model.diffusion_step_embed_dim", "8",
-            "--model.inference", "ddim", "--model.num_inference_steps", "4", "--model.warmup_steps", "1",
-            "--seed_everything", "5", "--trainer.max_steps", "4", "--trainer.default_root_dir", "run",
-            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+            "fit",
+            "dp",
+            "--data.path",
+            "push.zarr",
+            "--data.batch_size",
+            "16",
+            "--data.val_ratio",
+            "0",
+            "--data.act_horizon",
+            "4",
+            "--data.pred_horizon",
+            "8",
+            "--model.down_dims",
+            "[8,16,32]",
+            "--model.diffusion_step_embed_dim",
+            "8",
+            "--model.inference",
+            "ddim",
+            "--model.num_inference_steps",
+            "4",
+            "--model.warmup_steps",
+            "1",
+            "--seed_everything",
+            "5",
+            "--trainer.max_steps",
+            "4",
+            "--trainer.default_root_dir",
+            "run",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
             "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-            "--trainer.callbacks.every_n_train_steps", "2", "--trainer.callbacks.save_top_k", "-1",
-            "--trainer.callbacks.save_last", "true",
+            "--trainer.callbacks.every_n_train_steps",
+            "2",
+            "--trainer.callbacks.save_top_k",
+            "-1",
+            "--trainer.callbacks.save_last",
+            "true",
             "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
             "--trainer.callbacks+=mepoly_il.eval.callback.EvalCallback",
-            "--trainer.callbacks.every_n_steps", "2", "--trainer.callbacks.episodes", "2",
-            "--trainer.callbacks.max_episode_steps", "10", "--trainer.callbacks.reconfiguration_freq", "0",
+            "--trainer.callbacks.every_n_steps",
+            "2",
+            "--trainer.callbacks.episodes",
+            "2",
+            "--trainer.callbacks.max_episode_steps",
+            "10",
+            "--trainer.callbacks.reconfiguration_freq",
+            "0",
         ],
         cwd=work,
     )
@@ -104,8 +151,10 @@ def test_eval_run_writes_eval_info_and_video(trained, capsys):
 
 def test_eval_video(trained):
     ckpt = next((trained / "run").rglob("last.ckpt"))
-    _run(["eval", "run", str(ckpt), "--episodes", "1", "--max-episode-steps", "4", "--video", "1", "--out", "vid"],
-         cwd=trained)
+    _run(
+        ["eval", "run", str(ckpt), "--episodes", "1", "--max-episode-steps", "4", "--video", "1", "--out", "vid"],
+        cwd=trained,
+    )
     info = json.loads((trained / "vid" / "last" / "eval_info.json").read_text())
     (video,) = info["video_paths"]
     assert video == "videos/episode_0000_seed1000000.mp4"

@@ -116,8 +116,9 @@ def test_evaluate_policy_is_reproducible_and_aggregates():
 
 
 def test_policy_env_dimension_mismatch_is_a_user_error():
-    spec = EvalEnvSpec(env_id="PushCube-v1", control_mode="pd_joint_delta_pos", max_episode_steps=5,
-                       reconfiguration_freq=0)
+    spec = EvalEnvSpec(
+        env_id="PushCube-v1", control_mode="pd_joint_delta_pos", max_episode_steps=5, reconfiguration_freq=0
+    )
     with make_eval_env(spec, num_envs=1) as env:
         assert env.act_dim == 8
         with pytest.raises(UserError, match="policy dims obs=35 act=4 do not match PushCube-v1"):
@@ -158,8 +159,12 @@ def test_bench_eval_quick(tmp_path, capsys):
 
     from mepoly_il.bench.eval import main as bench_main
 
-    assert bench_main(["--quick", "--max-episode-steps", "8", "--reconfiguration-freq", "0",
-                       "--out", str(tmp_path / "b.json")]) == 0
+    assert (
+        bench_main(
+            ["--quick", "--max-episode-steps", "8", "--reconfiguration-freq", "0", "--out", str(tmp_path / "b.json")]
+        )
+        == 0
+    )
     out = json.loads((tmp_path / "b.json").read_text())
     names = [r["name"] for r in out["rows"]]
     assert names == ["raw (random actions)", "raw (linear's actions replayed)", "linear"]

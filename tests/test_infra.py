@@ -24,9 +24,7 @@ def test_help_lists_every_command_group(capsys):
 
 
 def test_console_script_unknown_group_exits_nonzero():
-    proc = subprocess.run(
-        [sys.executable, "-m", "mepoly_il", "frobnicate"], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-m", "mepoly_il", "frobnicate"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown command group 'frobnicate'" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -68,9 +68,7 @@ def test_kl_to_isotropic_matches_torch():
 
 @pytest.mark.parametrize("head", ["polynomial", "gaussian", "gmm"])
 def test_prior_heads_share_one_interface(head):
-    prior = {"polynomial": PolynomialPrior(2, order=4), "gaussian": GaussianPrior(2), "gmm": GMMPrior(2, 3)}[
-        head
-    ]
+    prior = {"polynomial": PolynomialPrior(2, order=4), "gaussian": GaussianPrior(2), "gmm": GMMPrior(2, 3)}[head]
     params = torch.randn(5, prior.num_params, requires_grad=True)
     dist = prior(params)
     z = dist.sample()

@@ -126,9 +126,7 @@ def test_resume_continues_in_place_and_keeps_command_line_overrides(stage1_ckpt,
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 24  # continued from step 20, in the same checkpoints/ folder
-    assert (
-        ckpt["mepoly_il"]["hparams"]["beta_iso"] == 0.7
-    )  # the override was not replaced by the checkpoint's
+    assert ckpt["mepoly_il"]["hparams"]["beta_iso"] == 0.7  # the override was not replaced by the checkpoint's
     assert "beta_iso: 0.7" in (root / "lightning_logs" / "version_1" / "config.yaml").read_text()
 
 

@@ -79,13 +79,9 @@ def test_ppo_smoke_bandit(tmp_path, head):
 @pytest.mark.parametrize("head", ["gaussian", "gmm", "mepoly", "fpo"])
 def test_ppo_smoke_smoothworld(tmp_path, head):
     out = tmp_path / "run"
-    assert (
-        rl_main(["ppo", "--env", "smoothworld-two-slits", "--head", head, "--out", str(out), *SW_SMOKE]) == 0
-    )
+    assert rl_main(["ppo", "--env", "smoothworld-two-slits", "--head", head, "--out", str(out), *SW_SMOKE]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["episodes"] == 4 and m["success_rate"] + m["death_rate"] + m["timeout_rate"] == pytest.approx(
-        1.0
-    )
+    assert m["episodes"] == 4 and m["success_rate"] + m["death_rate"] + m["timeout_rate"] == pytest.approx(1.0)
     assert m["class_names"] == ["upper_slit", "lower_slit"]
     z = np.load(out / "samples.npz")
     assert z["traj"].shape == (4, 13, 2)

@@ -103,8 +103,9 @@ def replay_steps_per_sec(env, seeds: list[int], actions: list[torch.Tensor]) -> 
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="mepoly-il bench eval", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="mepoly-il bench eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--env-id", default="PushCube-v1")
     ap.add_argument("--control-mode", default="pd_ee_delta_pos")
     ap.add_argument("--num-envs", type=int, default=1, help="parallel envs (CPU: processes)")
@@ -150,11 +151,15 @@ def main(argv: list[str]) -> int:
                 policy.to(args.device)
                 recorder = _Recorder(env)
                 result = run_episodes(policy, recorder, seeds)
-                rounds.setdefault(kind, []).append({
-                    "steps": result.env_steps, "sec": round(result.sec, 3),
-                    "steps_per_sec": round(result.env_steps / result.sec, 1),
-                    "policy_sec": round(result.policy_sec, 3), "env_sec": round(result.env_sec, 3),
-                })
+                rounds.setdefault(kind, []).append(
+                    {
+                        "steps": result.env_steps,
+                        "sec": round(result.sec, 3),
+                        "steps_per_sec": round(result.env_steps / result.sec, 1),
+                        "policy_sec": round(result.policy_sec, 3),
+                        "env_sec": round(result.env_sec, 3),
+                    }
+                )
                 rounds.setdefault(f"{kind}/replay", []).append(replay_steps_per_sec(env, seeds, recorder.actions))
     best = {k: max(v, key=lambda r: r["steps_per_sec"]) for k, v in rounds.items()}
     raw_sps = best["raw"]["steps_per_sec"]
@@ -163,11 +168,22 @@ def main(argv: list[str]) -> int:
         label = kind if kind != "dp" else f"dp ({args.dp_inference}-{args.dp_steps})"
         n_params = sum(p.numel() for p in policy.parameters())
         replay = best[f"{kind}/replay"]
-        rows.append({"name": f"raw ({label}'s actions replayed)", **replay,
-                     "ratio": round(replay["steps_per_sec"] / raw_sps, 3)})
-        rows.append({"name": label, "params": n_params, **best[kind],
-                     "ratio": round(best[kind]["steps_per_sec"] / raw_sps, 3),
-                     "ratio_vs_replay": round(best[kind]["steps_per_sec"] / replay["steps_per_sec"], 3)})
+        rows.append(
+            {
+                "name": f"raw ({label}'s actions replayed)",
+                **replay,
+                "ratio": round(replay["steps_per_sec"] / raw_sps, 3),
+            }
+        )
+        rows.append(
+            {
+                "name": label,
+                "params": n_params,
+                **best[kind],
+                "ratio": round(best[kind]["steps_per_sec"] / raw_sps, 3),
+                "ratio_vs_replay": round(best[kind]["steps_per_sec"] / replay["steps_per_sec"], 3),
+            }
+        )
     out = {
         "bench": "eval",
         "env_id": spec.env_id,
@@ -185,14 +201,18 @@ def main(argv: list[str]) -> int:
         "goal": "rollout >= 0.8 x raw steps/s (linear policy: the evaluator's own overhead)",
         "command": "mepoly-il bench eval " + " ".join(argv),
     }
-    print(f"bench eval: {spec.env_id} {spec.sim_backend} num_envs={out['num_envs']} episodes={args.episodes} "
-          f"x {spec.max_episode_steps} steps, reconfiguration_freq={spec.reconfiguration_freq}")
+    print(
+        f"bench eval: {spec.env_id} {spec.sim_backend} num_envs={out['num_envs']} episodes={args.episodes} "
+        f"x {spec.max_episode_steps} steps, reconfiguration_freq={spec.reconfiguration_freq}"
+    )
     print("| rollout | params | env steps/s | vs raw random | vs same actions replayed | policy s | env s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         vs_replay = f"{r['ratio_vs_replay']:.2f}" if "ratio_vs_replay" in r else "-"
-        print(f"| {r['name']} | {r.get('params', '-')} | {r['steps_per_sec']} | {r['ratio']:.2f} | {vs_replay} | "
-              f"{r.get('policy_sec', '-')} | {r.get('env_sec', r['sec'])} |")
+        print(
+            f"| {r['name']} | {r.get('params', '-')} | {r['steps_per_sec']} | {r['ratio']:.2f} | {vs_replay} | "
+            f"{r.get('policy_sec', '-')} | {r.get('env_sec', r['sec'])} |"
+        )
     spread = [r["steps_per_sec"] for r in rounds["raw"]]
     print(f"best of {args.repeats} interleaved rounds; raw steps/s per round: {spread} (machine noise)")
     write_json_atomic(args.out, out)

@@ -180,9 +180,7 @@ def run(
             med = {r["policy"]: r["median_ms"] for r in rows if r["device"] == device and r["batch"] == b}
             ratios[f"{device}/b{b}/mepoly_over_ddpm100"] = med["mepoly"] / med["dp-ddpm100"]
             ratios[f"{device}/b{b}/mepoly_over_{ddim_name.removeprefix('dp-')}"] = med["mepoly"] / med[ddim_name]
-    goals_met = {
-        k: v <= (GOALS["ddpm"] if "ddpm" in k else GOALS["ddim"]) for k, v in ratios.items()
-    }
+    goals_met = {k: v <= (GOALS["ddpm"] if "ddpm" in k else GOALS["ddim"]) for k, v in ratios.items()}
     return {
         "benchmark": "latency",
         "what": "predict_action_chunk wall time (normalize -> generate -> slice -> unnormalize), random weights",
@@ -228,8 +226,9 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="mepoly-il bench latency", description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 10], help="batch sizes to time")
     ap.add_argument("--ddim-steps", type=int, default=10, help="k for the DP-DDIMk row")
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                    help="auto: CPU, plus CUDA when available")
+    ap.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, plus CUDA when available"
+    )
     ap.add_argument("--scale", choices=sorted(MEPOLY_SCALES), default="paper", help="MePoly size (DP is matched)")
     ap.add_argument("--obs-dim", type=int, default=35, help="observation width (PushCube-v1 state: 35)")
     ap.add_argument("--act-dim", type=int, default=4, help="action width (pd_ee_delta_pos: 4)")
@@ -258,8 +257,16 @@ def main(argv: list[str]) -> int:
     except ImportError as err:
         raise UserError(f"MePoly policy is not importable ({err}); this benchmark compares MePoly with DP") from None
     result = run(
-        args.batch, args.ddim_steps, devices, args.scale, args.obs_dim, args.act_dim, tuple(args.horizons),
-        args.warmup, args.repeats, args.ddpm_repeats,
+        args.batch,
+        args.ddim_steps,
+        devices,
+        args.scale,
+        args.obs_dim,
+        args.act_dim,
+        tuple(args.horizons),
+        args.warmup,
+        args.repeats,
+        args.ddpm_repeats,
     )
     result["command"] = "mepoly-il bench latency " + " ".join(argv)
     print(format_table(result))

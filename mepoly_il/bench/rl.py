@@ -136,14 +136,11 @@ def main(argv: list[str]) -> int:
             f"{r['ratio_vs_gaussian']:>9.2f}"
         )
     poly = bench_mepoly(args.orders, args.nodes, args.rows, args.repeats)
-    print(
-        f"\nMePoly head, {args.rows} distinct states: log_prob + exact entropy fwd+bwd, and one sample each"
-    )
+    print(f"\nMePoly head, {args.rows} distinct states: log_prob + exact entropy fwd+bwd, and one sample each")
     print(f"{'K':>3}{'feat':>6}{'nodes/dim':>11}{'fwd+bwd ms':>12}{'sample ms':>11}")
     for r in poly:
         print(
-            f"{r['order']:>3}{r['features']:>6}{r['nodes_per_dim']:>11}{r['fwd_bwd_ms']:>12.1f}"
-            f"{r['sample_ms']:>11.1f}"
+            f"{r['order']:>3}{r['features']:>6}{r['nodes_per_dim']:>11}{r['fwd_bwd_ms']:>12.1f}{r['sample_ms']:>11.1f}"
         )
     if args.out:
         write_json_atomic(Path(args.out), {"heads": heads, "mepoly": poly, "threads": args.threads})

@@ -44,31 +44,85 @@ def run_il(out: Path, env_id: str, num_demos: int, episodes: int, seed: int, vid
     data = out / f"{env_id}.zarr"
     if not data.exists():
         _run(
-            [*exe, "data", "prepare", "--env-id", env_id, "--num-demos", str(num_demos), "--out", str(data),
-             "--seed", "0", "--workers", str(workers)],
-            timings, "data",
+            [
+                *exe,
+                "data",
+                "prepare",
+                "--env-id",
+                env_id,
+                "--num-demos",
+                str(num_demos),
+                "--out",
+                str(data),
+                "--seed",
+                "0",
+                "--workers",
+                str(workers),
+            ],
+            timings,
+            "data",
         )
     else:
         print(f"=== [data] reusing {data}")
     s1_root, s2_root = out / "stage1", out / "stage2"
     _run(
-        [*exe, "fit", "stage1", "--config", f"configs/stage1/{env_id}-cpu.yaml", "--data.path", str(data),
-         "--trainer.default_root_dir", str(s1_root), "--seed_everything", str(seed)],
-        timings, "stage1",
+        [
+            *exe,
+            "fit",
+            "stage1",
+            "--config",
+            f"configs/stage1/{env_id}-cpu.yaml",
+            "--data.path",
+            str(data),
+            "--trainer.default_root_dir",
+            str(s1_root),
+            "--seed_everything",
+            str(seed),
+        ],
+        timings,
+        "stage1",
     )
     s1_ckpt = _last_ckpt(s1_root)
     _run(
-        [*exe, "fit", "stage2", "--config", f"configs/stage2/{env_id}-cpu.yaml", "--data.path", str(data),
-         "--model.stage1_ckpt", str(s1_ckpt), "--trainer.default_root_dir", str(s2_root),
-         "--seed_everything", str(seed)],
-        timings, "stage2",
+        [
+            *exe,
+            "fit",
+            "stage2",
+            "--config",
+            f"configs/stage2/{env_id}-cpu.yaml",
+            "--data.path",
+            str(data),
+            "--model.stage1_ckpt",
+            str(s1_ckpt),
+            "--trainer.default_root_dir",
+            str(s2_root),
+            "--seed_everything",
+            str(seed),
+        ],
+        timings,
+        "stage2",
     )
     s2_ckpt = _last_ckpt(s2_root)
     eval_dir = out / "eval"
     _run(
-        [*exe, "eval", "run", str(s2_ckpt), "--episodes", str(episodes), "--seed", str(seed), "--video", str(video),
-         "--out", str(eval_dir), "--num-envs", str(workers)],
-        timings, "eval",
+        [
+            *exe,
+            "eval",
+            "run",
+            str(s2_ckpt),
+            "--episodes",
+            str(episodes),
+            "--seed",
+            str(seed),
+            "--video",
+            str(video),
+            "--out",
+            str(eval_dir),
+            "--num-envs",
+            str(workers),
+        ],
+        timings,
+        "eval",
     )
     infos = sorted(eval_dir.rglob("eval_info.json"), key=lambda p: p.stat().st_mtime)
     if not infos:

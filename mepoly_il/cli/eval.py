@@ -24,20 +24,33 @@ sample std (ddof=1) across training seeds. Writes summary.md, summary.csv, summa
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mepoly-il eval run", description=RUN_HELP,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mepoly-il eval run", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("path", metavar="CKPT_OR_DIR", help="a .ckpt from `mepoly-il fit`, or a run directory")
     p.add_argument("--episodes", type=int, default=100, help="episodes per checkpoint (protocol: 100)")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed block (default 0; same for all methods)")
     p.add_argument("--video", type=int, default=0, metavar="K", help="record mp4 videos of the first K episodes")
     p.add_argument("--out", default=None, help="write <out>/<ckpt stem>/eval_info.json instead of next to the ckpt")
     p.add_argument("--num-envs", type=int, default=1, help="parallel envs (CPU: processes; GPU: scenes)")
-    p.add_argument("--max-episode-steps", type=int, default=None,
-                   help="override the per-task length (PushCube/PickCube 100, StackCube 200, PushT 150)")
-    p.add_argument("--sim-backend", default="physx_cpu", choices=["auto", "physx_cpu", "physx_cuda"],
-                   help="auto = physx_cuda when CUDA is available (default physx_cpu, the cube demos' backend)")
-    p.add_argument("--reconfiguration-freq", type=int, default=1,
-                   help="1 = rebuild the scene every reset (protocol, ~0.17 s/episode on CPU); 0 = faster")
+    p.add_argument(
+        "--max-episode-steps",
+        type=int,
+        default=None,
+        help="override the per-task length (PushCube/PickCube 100, StackCube 200, PushT 150)",
+    )
+    p.add_argument(
+        "--sim-backend",
+        default="physx_cpu",
+        choices=["auto", "physx_cpu", "physx_cuda"],
+        help="auto = physx_cuda when CUDA is available (default physx_cpu, the cube demos' backend)",
+    )
+    p.add_argument(
+        "--reconfiguration-freq",
+        type=int,
+        default=1,
+        help="1 = rebuild the scene every reset (protocol, ~0.17 s/episode on CPU); 0 = faster",
+    )
     p.add_argument("--device", default="cpu", help="torch device for the policy (cpu, cuda)")
     p.add_argument("--overwrite", action="store_true", help="re-evaluate even if eval_info.json exists")
     return p
@@ -47,8 +60,12 @@ def _summary_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mepoly-il eval summary", description=SUMMARY_HELP)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run directories (one per seed), or parents")
     p.add_argument("--out", default="eval_summary", help="output directory (default ./eval_summary)")
-    p.add_argument("--source", default="auto", choices=["auto", "training", "checkpoints"],
-                   help="auto: training-time evaluations when a run has them, else per-checkpoint eval_info.json")
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "training", "checkpoints"],
+        help="auto: training-time evaluations when a run has them, else per-checkpoint eval_info.json",
+    )
     p.add_argument("--top-k", type=int, default=3, help="k of the top-k mean (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace existing summary files")
     return p
@@ -79,10 +96,18 @@ def run(argv: list[str]) -> int:
             done = len(results) * args.episodes
             bar.update(task, description=f"eval {name}", completed=done)
             info, ran = evaluate_checkpoint(
-                path, ckpt, eval_info_dir(path, args.out, name if args.out else None),
-                episodes=args.episodes, seed=args.seed, num_envs=args.num_envs, video=args.video,
-                max_episode_steps=args.max_episode_steps, sim_backend=args.sim_backend,
-                reconfiguration_freq=args.reconfiguration_freq, device=args.device, overwrite=args.overwrite,
+                path,
+                ckpt,
+                eval_info_dir(path, args.out, name if args.out else None),
+                episodes=args.episodes,
+                seed=args.seed,
+                num_envs=args.num_envs,
+                video=args.video,
+                max_episode_steps=args.max_episode_steps,
+                sim_backend=args.sim_backend,
+                reconfiguration_freq=args.reconfiguration_freq,
+                device=args.device,
+                overwrite=args.overwrite,
                 on_batch=lambda n, done=done: bar.update(task, completed=done + n),
             )
             results.append((path, info, ran))
@@ -113,13 +138,21 @@ def summary(argv: list[str]) -> int:
     series = collect_series(args.run_dirs, source=args.source)
     result = summarize(series, k=args.top_k)
     result["series"] = [
-        {"method": s.method, "env_id": s.env_id, "seed": s.seed_label, "source": s.source,
-         "points": [p.__dict__ for p in s.points]}
+        {
+            "method": s.method,
+            "env_id": s.env_id,
+            "seed": s.seed_label,
+            "source": s.source,
+            "points": [p.__dict__ for p in s.points],
+        }
         for s in series
     ]
     markdown = to_markdown(result)
-    for name, text in (("summary.md", markdown), ("summary.csv", to_csv(result)),
-                       ("summary.json", json.dumps(result, indent=2) + "\n")):
+    for name, text in (
+        ("summary.md", markdown),
+        ("summary.csv", to_csv(result)),
+        ("summary.json", json.dumps(result, indent=2) + "\n"),
+    ):
         with atomic_path(out / name, overwrite=True) as tmp:
             tmp.write_text(text)
     plot_success_vs_step(series, out / "success_vs_step.png")

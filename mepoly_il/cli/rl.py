@@ -120,9 +120,7 @@ def _ppo_parser() -> argparse.ArgumentParser:
     ):
         g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None, help=hlp)
     h = p.add_argument_group("heads")
-    h.add_argument(
-        "--order", type=int, default=None, help="MePoly total degree K (bandit 14, Smooth World 5)"
-    )
+    h.add_argument("--order", type=int, default=None, help="MePoly total degree K (bandit 14, Smooth World 5)")
     h.add_argument("--basis", default="legendre", choices=("legendre", "monomial"), help="MePoly basis")
     h.add_argument(
         "--lambda-clip",
@@ -130,23 +128,15 @@ def _ppo_parser() -> argparse.ArgumentParser:
         default=None,
         help="MePoly soft clip of natural params (Smooth World default 5; <= 0 disables)",
     )
-    h.add_argument(
-        "--quadrature", default="auto", choices=("auto", "gauss", "trapezoid"), help="MePoly log Z rule"
-    )
-    h.add_argument(
-        "--nodes", type=int, default=None, help="MePoly quadrature nodes per dim (default: family's)"
-    )
+    h.add_argument("--quadrature", default="auto", choices=("auto", "gauss", "trapezoid"), help="MePoly log Z rule")
+    h.add_argument("--nodes", type=int, default=None, help="MePoly quadrature nodes per dim (default: family's)")
     h.add_argument("--components", type=int, default=4, help="GMM components")
-    h.add_argument(
-        "--fpo-pairs", type=int, default=32, help="FPO (eps, t) pairs per action (authors 50 / 2000)"
-    )
+    h.add_argument("--fpo-pairs", type=int, default=32, help="FPO (eps, t) pairs per action (authors 50 / 2000)")
     h.add_argument("--flow-steps", type=int, default=10, help="FPO Euler steps")
     e = p.add_argument_group("env / evaluation")
     e.add_argument("--sigma", type=float, default=0.1, help="bandit reward width (code 0.1, paper text 0.05)")
     e.add_argument("--eval-samples", type=int, default=None, help="bandit evaluation samples (default 4096)")
-    e.add_argument(
-        "--eval-episodes", type=int, default=None, help="Smooth World eval episodes per start (200)"
-    )
+    e.add_argument("--eval-episodes", type=int, default=None, help="Smooth World eval episodes per start (200)")
     e.add_argument("--max-steps", type=int, default=256, help="Smooth World time limit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -304,9 +294,7 @@ def _eval_bandit(agent, btask, envs, n: int, seed: int):
     head = agent.head
     obs = torch.zeros(1, envs.obs_dim)
     actions = head.sample(obs, n)[:, 0].numpy()
-    m = bandit_metrics(
-        actions, btask.target, envs.reward_fn.points, btask.sample_target, btask.sigma, seed=seed
-    )
+    m = bandit_metrics(actions, btask.target, envs.reward_fn.points, btask.sample_target, btask.sigma, seed=seed)
     if head.exact_entropy:
         with torch.no_grad():
             m["entropy_exact"] = float(head.entropy(obs)[0])
@@ -448,12 +436,7 @@ def main(argv: list[str]) -> int:
             if k in m
         ]
         print(
-            json.dumps(
-                {
-                    k: (round(m[k], 4) if isinstance(m[k], float) and math.isfinite(m[k]) else m[k])
-                    for k in keys
-                }
-            )
+            json.dumps({k: (round(m[k], 4) if isinstance(m[k], float) and math.isfinite(m[k]) else m[k]) for k in keys})
         )
         return 0
     if cmd == "sweep":

@@ -226,9 +226,7 @@ def rollout_episodes(layout: Layout, act_fn, starts: np.ndarray, max_steps: int 
         outcome[idx[ended]] = np.where(r[ended] > 0, SUCCESS, DEATH)
         length[idx[ended]] = t + 1
         alive[idx[ended]] = False
-    cls = np.array(
-        [classify(layout, traj[i]) if outcome[i] == SUCCESS else -1 for i in range(n)], dtype=np.int64
-    )
+    cls = np.array([classify(layout, traj[i]) if outcome[i] == SUCCESS else -1 for i in range(n)], dtype=np.int64)
     return {"traj": traj.astype(np.float32), "outcome": outcome, "length": length, "cls": cls}
 
 
@@ -270,9 +268,7 @@ def bfs_min_steps(layout: Layout, start: tuple[float, float] | None = None) -> d
     per-route minima (anchor-mepoly-rl.md §4.1), which this function reproduces for two_slits and cshape.
     """
     start = np.asarray(layout.eval_start if start is None else start, dtype=np.float64)
-    moves = np.array(
-        [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)], dtype=np.float64
-    )
+    moves = np.array([(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)], dtype=np.float64)
     key = lambda p: (round(p[0] * 4), round(p[1] * 4))
     parent = {key(start): None}
     queue = deque([(start, 0)])
@@ -321,9 +317,7 @@ class SmoothWorldEnv(gym.Env):
         return to_obs(self.pos), {}
 
     def step(self, action):
-        new, r = step_positions(
-            self.layout, self.pos[None], np.asarray(action, dtype=np.float64).reshape(1, 2)
-        )
+        new, r = step_positions(self.layout, self.pos[None], np.asarray(action, dtype=np.float64).reshape(1, 2))
         self.pos = new[0]
         self.t += 1
         r = float(r[0])

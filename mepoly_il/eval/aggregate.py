@@ -179,8 +179,12 @@ def collect_series(run_dirs: list[str | os.PathLike], source: str = "auto") -> l
             # written elsewhere with --out are gathered into it.
             entry = found.setdefault(
                 (str(prov["method"]), str(prov["env_id"]), label),
-                {"train_seed": train_seed, "training": [], "checkpoints": [], "dirs": {"training": set(),
-                                                                                         "checkpoints": set()}},
+                {
+                    "train_seed": train_seed,
+                    "training": [],
+                    "checkpoints": [],
+                    "dirs": {"training": set(), "checkpoints": set()},
+                },
             )
             entry[kind].extend(points)
             entry["dirs"][kind].add(str(run_dir))
@@ -193,13 +197,19 @@ def collect_series(run_dirs: list[str | os.PathLike], source: str = "auto") -> l
             continue
         if len(entry["dirs"][kind]) > 1:
             # Two different runs with the same method, task and seed (e.g. two configs) would be mixed here.
-            print(f"warning: {method}/{env_id}/{label}: {kind} evaluations found under several run directories "
-                  f"({', '.join(sorted(entry['dirs'][kind]))}); they are treated as ONE run. Summarize different "
-                  "runs of the same seed separately.", file=sys.stderr)
+            print(
+                f"warning: {method}/{env_id}/{label}: {kind} evaluations found under several run directories "
+                f"({', '.join(sorted(entry['dirs'][kind]))}); they are treated as ONE run. Summarize different "
+                "runs of the same seed separately.",
+                file=sys.stderr,
+            )
         files = sorted({p.file for p in entry[kind]})
         if kind == "training" and len(files) > 1:
-            print(f"note: {method}/{env_id}/{label}: merging {len(files)} training logs (resumed run?): "
-                  f"{', '.join(files)}", file=sys.stderr)
+            print(
+                f"note: {method}/{env_id}/{label}: merging {len(files)} training logs (resumed run?): "
+                f"{', '.join(files)}",
+                file=sys.stderr,
+            )
         series.append(Series(method, env_id, label, entry["train_seed"], kind, _merge(entry[kind])))
     if not series:
         raise UserError(f"no evaluation points of kind {source!r} under {', '.join(map(str, run_dirs))}")
@@ -302,8 +312,16 @@ def to_csv(summary: dict[str, Any]) -> str:
     for g in summary["groups"]:
         for p in g["per_seed"]:
             writer.writerow(
-                [g["env_id"], g["method"], p["seed"], *[fmt(p[key]) for key in keys], p["peak_step"],
-                 p["last_step"], p["n_points"], p["source"]]
+                [
+                    g["env_id"],
+                    g["method"],
+                    p["seed"],
+                    *[fmt(p[key]) for key in keys],
+                    p["peak_step"],
+                    p["last_step"],
+                    p["n_points"],
+                    p["source"],
+                ]
             )
         for stat in ("mean", "std"):
             values = [fmt(g[f"{key}_{stat}"]) for key in keys]

@@ -195,9 +195,7 @@ def smoothworld_metrics(result: dict, classes: tuple[str, ...], shortest: dict[s
     succ = oc == 0
     out["steps_to_goal_mean"] = float(ln[succ].mean()) if succ.any() else float("nan")
     if shortest and succ.any():
-        ratios = [
-            ln[i] / shortest[classes[cls[i]]] for i in np.nonzero(succ)[0] if classes[cls[i]] in shortest
-        ]
+        ratios = [ln[i] / shortest[classes[cls[i]]] for i in np.nonzero(succ)[0] if classes[cls[i]] in shortest]
         out["steps_over_shortest"] = float(np.mean(ratios)) if ratios else float("nan")
         out["shortest_steps"] = dict(shortest)
     return out

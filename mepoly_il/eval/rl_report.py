@@ -105,9 +105,7 @@ def bandit_table(groups, envs, variants, title: str) -> str:
         ]
         for v, ms in rows:
             lines.append(
-                f"| {v} | {len(ms)} | "
-                + " | ".join(_fmt([m.get(k) for m in ms]) for k, _ in BANDIT_COLS)
-                + " |"
+                f"| {v} | {len(ms)} | " + " | ".join(_fmt([m.get(k) for m in ms]) for k, _ in BANDIT_COLS) + " |"
             )
         allm = [m for _, ms in rows for m in ms]
         floor = {
@@ -143,8 +141,7 @@ def sw_table(groups, envs) -> str:
             )
             names = ms[0]["class_names"]
             per = "; ".join(
-                f"s{m['seed']}: " + ", ".join(f"{n}={c}" for n, c in zip(names, m["class_counts"]))
-                for m in ms
+                f"s{m['seed']}: " + ", ".join(f"{n}={c}" for n, c in zip(names, m["class_counts"])) for m in ms
             )
             hist.append(f"- {env.replace('smoothworld-', '')} / {v}: {per}")
     return "\n".join(lines + hist) + "\n"
@@ -215,9 +212,7 @@ def plot_smoothworld(runs, envs, path: Path, seed: int = 0, max_traj: int = 50) 
 
     from mepoly_il.envs.smoothworld import GRID, make_layout
 
-    fig, axes = plt.subplots(
-        len(envs), len(SW_HEADS), figsize=(2.8 * len(SW_HEADS), 2.8 * len(envs)), squeeze=False
-    )
+    fig, axes = plt.subplots(len(envs), len(SW_HEADS), figsize=(2.8 * len(SW_HEADS), 2.8 * len(envs)), squeeze=False)
     for i, env in enumerate(envs):
         lay = make_layout(env.replace("smoothworld-", ""))
         img = np.ones((GRID, GRID, 3))
@@ -269,9 +264,7 @@ def plot_curves(runs, envs, variants, key: str, path: Path, ylabel: str) -> None
                     rows = list(csv.DictReader(f))
                 if rows and key in rows[0]:
                     x = np.array([float(q["env_steps"]) for q in rows])
-                    curves.append(
-                        np.array([float(q[key]) if q[key] not in ("", "nan") else np.nan for q in rows])
-                    )
+                    curves.append(np.array([float(q[key]) if q[key] not in ("", "nan") else np.nan for q in rows]))
             if not curves:
                 continue
             n = min(len(c) for c in curves)
@@ -297,9 +290,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     runs = load_runs(args.roots)
     if not runs:
-        raise UserError(
-            f"{', '.join(args.roots)}: no finished runs (metrics.json) found; run `mepoly-il rl sweep`"
-        )
+        raise UserError(f"{', '.join(args.roots)}: no finished runs (metrics.json) found; run `mepoly-il rl sweep`")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "runs.csv").exists() and not args.overwrite:
@@ -310,9 +301,7 @@ def main(argv: list[str]) -> int:
     s_envs = [e for e in envs if e.startswith("smoothworld")]
     write_csv(runs, out / "runs.csv")
     if b_envs:
-        (out / "bandit.md").write_text(
-            bandit_table(groups, b_envs, MAIN_VARIANTS, "Bandit: all heads") + "\n"
-        )
+        (out / "bandit.md").write_text(bandit_table(groups, b_envs, MAIN_VARIANTS, "Bandit: all heads") + "\n")
         abl = [f"mepoly-K{k}-{b}" for b in ("legendre", "monomial") for k in (2, 6, 10, 14)]
         (out / "ablation.md").write_text(
             bandit_table(groups, b_envs, abl, "Bandit: MePoly order / basis ablation") + "\n"

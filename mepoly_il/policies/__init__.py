@@ -68,8 +68,10 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     info = ckpt["mepoly_il"]
     kind = info.get("policy")
     if kind is None and info.get("stage") == 1:
-        raise UserError(f"{path}: this is a MePoly stage-1 (VAE) checkpoint, not a policy; train stage 2 on it with "
-                        "`mepoly-il fit stage2 --model.stage1_ckpt PATH` and load that checkpoint")
+        raise UserError(
+            f"{path}: this is a MePoly stage-1 (VAE) checkpoint, not a policy; train stage 2 on it with "
+            "`mepoly-il fit stage2 --model.stage1_ckpt PATH` and load that checkpoint"
+        )
     if kind not in POLICY_LOADERS:
         raise UserError(f"{path}: unknown policy kind {kind!r}; expected one of {sorted(POLICY_LOADERS)}")
     module_name, fn_name = POLICY_LOADERS[kind].split(":")

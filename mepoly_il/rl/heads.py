@@ -272,9 +272,7 @@ class MePolyHead(PolicyHead):
         uniq, inv = torch.unique(obs, dim=0, return_inverse=True)
         return (uniq, inv) if uniq.shape[0] <= 4 else None
 
-    def _log_prob_and_entropy(
-        self, obs: Tensor, action: Tensor, with_entropy: bool
-    ) -> tuple[Tensor, Tensor | None]:
+    def _log_prob_and_entropy(self, obs: Tensor, action: Tensor, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         shared = self._unique(obs)
         if shared is None:
             dist = self.family(self.natural_params(obs))

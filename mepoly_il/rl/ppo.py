@@ -56,8 +56,7 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if self.batch_size % self.num_minibatches:
             raise ValueError(
-                f"num_envs*num_steps={self.batch_size} must be divisible by "
-                f"num_minibatches={self.num_minibatches}"
+                f"num_envs*num_steps={self.batch_size} must be divisible by num_minibatches={self.num_minibatches}"
             )
 
 
@@ -167,9 +166,7 @@ def train_ppo(
             # -----------------------------------------------------------------------------
             b_obs = rearrange(obs_buf, "t n d -> (t n) d")
             b_adv, b_ret = adv.reshape(-1), ret.reshape(-1)
-            b_rec = {
-                k: rearrange(torch.stack([r[k] for r in records]), "t n ... -> (t n) ...") for k in records[0]
-            }
+            b_rec = {k: rearrange(torch.stack([r[k] for r in records]), "t n ... -> (t n) ...") for k in records[0]}
             if cfg.norm_adv:
                 b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
 
@@ -184,22 +181,16 @@ def train_ppo(
                 epoch_kl = []
                 for start in range(0, cfg.batch_size, mb):
                     idx = perm[start : start + mb]
-                    log_ratio, entropy = agent.head.evaluate(
-                        b_obs[idx], {k: v[idx] for k, v in b_rec.items()}
-                    )
+                    log_ratio, entropy = agent.head.evaluate(b_obs[idx], {k: v[idx] for k, v in b_rec.items()})
                     ratio = log_ratio.exp()
                     with torch.no_grad():
                         approx_kl = ((ratio - 1.0) - log_ratio).mean()  # k3 estimator
                         clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
                     a = b_adv[idx]
-                    pg_loss = torch.max(
-                        -a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-                    ).mean()
+                    pg_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
                     v_loss = 0.5 * ((agent.value(b_obs[idx]) - b_ret[idx]) ** 2).mean()
                     ent = entropy.mean() if entropy is not None else torch.zeros(())
-                    loss = (
-                        pg_loss + cfg.vf_coef * v_loss - (cfg.ent_coef * ent if entropy is not None else 0.0)
-                    )
+                    loss = pg_loss + cfg.vf_coef * v_loss - (cfg.ent_coef * ent if entropy is not None else 0.0)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)

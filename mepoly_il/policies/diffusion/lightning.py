@@ -191,4 +191,3 @@ class DiffusionModule(pl.LightningModule):
             "hparams": hparams,
             "dataset": meta,
         }
-

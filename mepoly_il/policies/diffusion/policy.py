@@ -131,9 +131,7 @@ class DiffusionPolicy(BasePolicy):
     def generate(self, obs_norm: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, To, Ds) normalized observations -> (B, T, Da) normalized action chunk after the full reverse chain."""
         cond = self._cond(obs_norm)
-        x = torch.randn(
-            obs_norm.shape[0], self.pred_horizon, self.act_dim, device=obs_norm.device, generator=generator
-        )
+        x = torch.randn(obs_norm.shape[0], self.pred_horizon, self.act_dim, device=obs_norm.device, generator=generator)
         for t in self.sampler.timesteps:
             eps = self.unet(x, t.to(x.device), cond)
             x = self.sampler.step(eps, int(t), x, generator=generator).prev_sample

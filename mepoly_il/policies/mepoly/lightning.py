@@ -46,8 +46,6 @@ FORMAT_VERSION = 1
 _LINKED = ("obs_dim", "act_dim", "obs_horizon", "act_horizon", "pred_horizon")
 
 
-
-
 def mds_stress(traj: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """MDS-style stress: MSE between the normalized pairwise-distance matrices of trajectories and latents.
 
@@ -108,9 +106,7 @@ class _MePolyModule(L.LightningModule):
     def _configure_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
         hp = self.hparams
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(hp.warmup_steps, total, hp.lr_schedule)
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(hp.warmup_steps, total, hp.lr_schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -285,9 +281,7 @@ class Stage1Module(_MePolyModule):
         # Runs after EMAWeightAveraging.on_train_end, so the plot shows the EMA encoder that stage 2 will use.
         if self.hparams.latent_plot_samples <= 0:
             return
-        out_dir = Path(
-            self.trainer.log_dir or self.trainer.default_root_dir
-        )  # a collective under DDP: all ranks
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective under DDP: all ranks
         dm = getattr(self.trainer, "datamodule", None)
         if self.trainer.is_global_zero and dm is not None and getattr(dm, "train_set", None) is not None:
             self._plot_latents(dm, out_dir)
@@ -447,9 +441,7 @@ class Stage2Module(_MePolyModule):
         try:
             self.policy = MePolyPolicy(**cfg)
         except ValueError as err:
-            raise UserError(
-                f"invalid stage-2 model configuration (with stage 1 {stage1_ckpt}): {err}"
-            ) from None
+            raise UserError(f"invalid stage-2 model configuration (with stage 1 {stage1_ckpt}): {err}") from None
         from mepoly_il.policies import policy_state_dict
 
         missing, unexpected = self.policy.load_state_dict(policy_state_dict(ckpt), strict=False)
@@ -523,9 +515,7 @@ class Stage2Module(_MePolyModule):
             ("action", dm.act_bounds, self.policy.act_normalizer),
         ):
             lo, hi = (torch.as_tensor(np.asarray(b, dtype=np.float32)) for b in bounds)
-            if not (
-                torch.allclose(lo, norm.lo.cpu(), atol=1e-5) and torch.allclose(hi, norm.hi.cpu(), atol=1e-5)
-            ):
+            if not (torch.allclose(lo, norm.lo.cpu(), atol=1e-5) and torch.allclose(hi, norm.hi.cpu(), atol=1e-5)):
                 raise UserError(
                     f"the dataset {path} normalizes {name}s differently from the stage-1 checkpoint "
                     f"{ckpt_path} (different data or data.norm_margin); use the stage-1 dataset and settings"
@@ -572,9 +562,7 @@ class Stage2Module(_MePolyModule):
         self.log_dict({f"val/{k}": v for k, v in out.items()}, sync_dist=True)
 
     def _groups(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
-        prior = [
-            p for m in (self.policy.prior_net, self.policy.prior) for p in m.parameters() if p.requires_grad
-        ]
+        prior = [p for m in (self.policy.prior_net, self.policy.prior) for p in m.parameters() if p.requires_grad]
         decoder = [p for m in (self.policy.obs_encoder, self.policy.decoder) for p in m.parameters()]
         return prior, decoder
 

@@ -126,9 +126,7 @@ class DecoderBlock(nn.Module):
         self.norm2 = AdaLN(d_model, latent_dim)
         self.cross_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.norm3 = AdaLN(d_model, latent_dim)
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, d_model)
-        )
+        self.ffn = nn.Sequential(nn.Linear(d_model, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, d_model))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

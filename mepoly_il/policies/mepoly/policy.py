@@ -111,9 +111,7 @@ class MePolyPolicy(BasePolicy):
         )
         self.latent_dim = int(latent_dim)
         self.sample_mode = sample_mode
-        self.action_encoder = ActionEncoder(
-            act_dim, pred_horizon, d_model, enc_layers, n_heads, ff_dim, dropout
-        )
+        self.action_encoder = ActionEncoder(act_dim, pred_horizon, d_model, enc_layers, n_heads, ff_dim, dropout)
         self.latent_heads = LatentHeads(d_model, latent_dim)
         self.obs_encoder = ObsEncoder(obs_dim, obs_horizon, d_model, obs_layers, n_heads, ff_dim, dropout)
         self.decoder = TrajectoryDecoder(
@@ -187,9 +185,7 @@ def policy_from_checkpoint(ckpt: dict[str, Any]) -> MePolyPolicy:
         )
     cfg = info.get("policy_config")
     if not isinstance(cfg, dict):
-        raise UserError(
-            "checkpoint has no mepoly_il.policy_config; it was not written by mepoly-il fit stage2"
-        )
+        raise UserError("checkpoint has no mepoly_il.policy_config; it was not written by mepoly-il fit stage2")
     try:
         policy = MePolyPolicy(**cfg)
     except (TypeError, ValueError) as err:
@@ -197,7 +193,5 @@ def policy_from_checkpoint(ckpt: dict[str, Any]) -> MePolyPolicy:
     try:
         policy.load_state_dict(policy_state_dict(ckpt), strict=True)
     except RuntimeError as err:
-        raise UserError(
-            f"checkpoint weights do not match its policy_config: {str(err).splitlines()[0]}"
-        ) from None
+        raise UserError(f"checkpoint weights do not match its policy_config: {str(err).splitlines()[0]}") from None
     return policy

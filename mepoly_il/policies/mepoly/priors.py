@@ -44,9 +44,7 @@ def to_box(z: torch.Tensor) -> torch.Tensor:
 class PolynomialPrior(nn.Module):
     """Polynomial exponential family on [-1, 1]^dz; ``params`` are its natural parameters (soft-clipped)."""
 
-    def __init__(
-        self, latent_dim: int, order: int = 8, basis: str = "legendre", clip: float = 5.0, **family_kw
-    ):
+    def __init__(self, latent_dim: int, order: int = 8, basis: str = "legendre", clip: float = 5.0, **family_kw):
         super().__init__()
         from mepoly_il.poly import PolynomialFamily
 
@@ -112,9 +110,7 @@ class _GMMDist:
     def __init__(self, logits: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor) -> None:
         self.logits, self.means, self.log_stds = logits, means, log_stds  # (B, K), (B, K, dz), (B, K, dz)
         comp = torch.distributions.Independent(torch.distributions.Normal(means, log_stds.exp()), 1)
-        self.base = torch.distributions.MixtureSameFamily(
-            torch.distributions.Categorical(logits=logits), comp
-        )
+        self.base = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=logits), comp)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.base.log_prob(z)
@@ -125,9 +121,7 @@ class _GMMDist:
         var = (2.0 * self.log_stds).exp()
         diff = rearrange(self.means, "b i d -> b i 1 d") - rearrange(self.means, "b j d -> b 1 j d")
         var_sum = rearrange(var, "b i d -> b i 1 d") + rearrange(var, "b j d -> b 1 j d")
-        log_overlap = -0.5 * ((diff**2) / var_sum + var_sum.log() + math.log(2 * math.pi)).sum(
-            -1
-        )  # (B, K, K)
+        log_overlap = -0.5 * ((diff**2) / var_sum + var_sum.log() + math.log(2 * math.pi)).sum(-1)  # (B, K, K)
         inner = torch.logsumexp(rearrange(log_w, "b j -> b 1 j") + log_overlap, dim=-1)  # (B, K)
         return -(log_w.exp() * inner).sum(-1)
 
@@ -157,9 +151,7 @@ class GMMPrior(nn.Module):
         k, d = self.n_components, self.latent_dim
         logits = params[..., :k]
         means = rearrange(torch.tanh(params[..., k : k + k * d]), "b (k d) -> b k d", k=k)
-        log_stds = rearrange(params[..., k + k * d :], "b (k d) -> b k d", k=k).clamp(
-            _LOG_STD_MIN, _LOG_STD_MAX
-        )
+        log_stds = rearrange(params[..., k + k * d :], "b (k d) -> b k d", k=k).clamp(_LOG_STD_MIN, _LOG_STD_MAX)
         return _GMMDist(logits, means, log_stds)
 
 

@@ -1,0 +1,122 @@
+"""The task registry: every fact about an imitation-learning task, declared once.
+
+Data generation, evaluation environments, configs, benchmarks and the Table 1 scripts read these entries; nothing
+else in the package repeats them. Adding a task means one :func:`register_task` call (here for built-in tasks, or
+in user code before the CLI runs) plus, if its demos come from a new source, that source.
+
+Horizons follow the paper's protocol (To = 2 observations, Ta actions executed of T = 16 predicted; PushT acts one
+step at a time, as ManiSkill's Diffusion Policy baseline does). Episode limits are about twice the mean
+motion-planning demo length: ManiSkill's registered limits are tuned for RL and cut slow successes short.
+
+This module imports nothing from the rest of the package except the error type, so every layer may read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mepoly_il.errors import UserError
+
+#: Demo sources: ``motion_planner:<solver>`` names a function of ManiSkill's panda motion-planning solutions;
+#: ``None`` means this package has no way to make demos for the task yet.
+MOTION_PLANNER = "motion_planner"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One imitation-learning task.
+
+    Attributes:
+        env_id: the ManiSkill environment id (e.g. ``"PushCube-v1"``).
+        demo_source: where demos come from, ``"motion_planner:<solver function>"``, or ``None`` if none exists.
+        max_episode_steps: evaluation (and demo replay) episode limit.
+        control_mode: the controller the policies act through (demos are converted to it).
+        obs_dim, act_dim: widths of the state observation and of the action in ``control_mode``.
+        obs_horizon, act_horizon, pred_horizon: To, Ta and T of the action-chunk policies.
+        eval_episodes: episodes per final evaluation (the protocol's 100).
+    """
+
+    env_id: str
+    demo_source: str | None
+    max_episode_steps: int
+    obs_dim: int
+    act_dim: int
+    control_mode: str = "pd_ee_delta_pos"
+    obs_horizon: int = 2
+    act_horizon: int = 8
+    pred_horizon: int = 16
+    eval_episodes: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("max_episode_steps", "obs_dim", "act_dim", "obs_horizon", "act_horizon", "pred_horizon"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"task {self.env_id}: {name} must be >= 1, got {getattr(self, name)}")
+        if self.obs_horizon - 1 + self.act_horizon > self.pred_horizon:
+            raise UserError(
+                f"task {self.env_id}: obs_horizon - 1 + act_horizon ({self.obs_horizon - 1 + self.act_horizon}) "
+                f"exceeds pred_horizon ({self.pred_horizon}); shorten act_horizon or lengthen pred_horizon"
+            )
+
+    @property
+    def solver(self) -> str | None:
+        """The motion-planning solver function name, or None when demos do not come from the motion planner."""
+        if self.demo_source and self.demo_source.startswith(MOTION_PLANNER + ":"):
+            return self.demo_source.split(":", 1)[1]
+        return None
+
+    def horizons(self) -> dict[str, int]:
+        return {"obs_horizon": self.obs_horizon, "act_horizon": self.act_horizon, "pred_horizon": self.pred_horizon}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec, replace: bool = False) -> TaskSpec:
+    """Add ``spec`` to the registry (``replace=True`` to redefine an existing id); returns it."""
+    if spec.env_id in TASKS and not replace:
+        raise UserError(f"task {spec.env_id} is already registered; pass replace=True to redefine it")
+    TASKS[spec.env_id] = spec
+    return spec
+
+
+def get_task(env_id: str) -> TaskSpec:
+    """The registered spec of ``env_id``; a :class:`UserError` naming the known tasks otherwise."""
+    try:
+        return TASKS[env_id]
+    except KeyError:
+        raise UserError(
+            f"unknown task {env_id!r}; registered tasks: {', '.join(TASKS)} "
+            "(add one with mepoly_il.tasks.register_task)"
+        ) from None
+
+
+def find_task(env_id: str) -> TaskSpec | None:
+    """Like :func:`get_task` but ``None`` for an unregistered id (for code that also serves arbitrary envs)."""
+    return TASKS.get(env_id)
+
+
+def task_ids(with_demos: bool = False) -> list[str]:
+    """Registered ids in registration order; ``with_demos`` keeps only tasks this package can make demos for."""
+    return [t for t, s in TASKS.items() if s.demo_source or not with_demos]
+
+
+register_task(TaskSpec("PushCube-v1", f"{MOTION_PLANNER}:solvePushCube", max_episode_steps=100, obs_dim=35, act_dim=4))
+register_task(TaskSpec("PickCube-v1", f"{MOTION_PLANNER}:solvePickCube", max_episode_steps=100, obs_dim=42, act_dim=4))
+register_task(
+    TaskSpec("StackCube-v1", f"{MOTION_PLANNER}:solveStackCube", max_episode_steps=200, obs_dim=48, act_dim=4)
+)
+register_task(
+    TaskSpec(
+        "PushT-v1",
+        None,
+        max_episode_steps=150,
+        obs_dim=31,
+        act_dim=6,
+        control_mode="pd_ee_delta_pose",
+        act_horizon=1,
+    )
+)
