@@ -3,7 +3,8 @@
 Layout (see ``notes/anchor-ecosystem-style.md`` §1d)::
 
     NAME.zarr/                  zarr_format=2, written with the zarr-python 3 API, consolidated (.zmetadata)
-      .zattrs                   {"mepoly_il": {provenance}, "stats": {"action": {...}, "state": {...}}}
+      .zattrs                   {"mepoly_il": {provenance}, "stats": {"action": {...}, "state": {...}},
+                                 "checksums": {"data/action": "sha256:...", ...}}
       data/action   (T, Da) float32   every episode concatenated in time
       data/state    (T, Ds) float32   flat observation; the final observation of each episode is dropped
       meta/episode_ends  (N,) int64   exclusive cumulative ends: episode i is [ends[i-1], ends[i])
@@ -11,11 +12,20 @@ Layout (see ``notes/anchor-ecosystem-style.md`` §1d)::
 
 Format 2 keeps the store readable by zarr-python 2.x tools (diffusion_policy, DP3, UMI). Everything is written into a
 temporary sibling and renamed at the end, so an interrupted write never leaves a complete-looking dataset.
+
+Integrity: every array's content hash is stored at write time and checked by :func:`load_arrays` (about 2 ms per
+MB on one core; a 100-demo PickCube dataset is under 2 MB). Chunk files that are missing (zarr would silently read
+zeros) or cannot be decoded, and stored stats that do not match the data, are reported as a corrupt dataset.
+Datasets written before the hashes existed still load, with a one-time warning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +35,9 @@ import numcodecs
 import numpy as np
 import zarr
 
-from mepoly_il.data.stats import check_stats, compute_stats
+from mepoly_il.data.stats import STAT_KEYS, check_stats, compute_stats
 from mepoly_il.errors import UserError
+from mepoly_il.tasks import TASKS
 from mepoly_il.utils import atomic_path
 
 FORMAT_VERSION = 1
@@ -44,6 +55,25 @@ PROVENANCE_KEYS = (
 )
 _FIX_CREATE = "create one with `mepoly-il data prepare` (or `mepoly-il data convert`)"
 _FIX_RECREATE = "re-create it with `mepoly-il data convert ... --overwrite`"
+_FIX_CORRUPT = "restore it from a backup or re-create it with `mepoly-il data prepare ... --overwrite`"
+ARRAY_KEYS = ("data/action", "data/state", "meta/episode_ends", "meta/episode_seed")
+#: Controllers of ManiSkill's panda (and panda_stick) agents; a dataset naming any other cannot be evaluated.
+PANDA_CONTROL_MODES = (
+    "pd_joint_delta_pos",
+    "pd_joint_pos",
+    "pd_ee_delta_pos",
+    "pd_ee_delta_pose",
+    "pd_ee_pose",
+    "pd_joint_target_delta_pos",
+    "pd_ee_target_delta_pos",
+    "pd_ee_target_delta_pose",
+    "pd_joint_vel",
+    "pd_joint_pos_vel",
+    "pd_joint_delta_pos_vel",
+)
+#: Packages whose versions are recorded in the provenance (missing ones are skipped).
+_VERSIONED = ("mepoly-il", "torch", "numpy", "zarr", "mani_skill")
+_warned_unverified: set[str] = set()
 # Low-dim arrays are a few MB at most; the diffusion_policy default codec keeps them fast to decompress.
 _BLOSC = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.NOSHUFFLE)
 _TARGET_CHUNK_BYTES = 2_000_000
@@ -129,6 +159,40 @@ def _check_episode(i: int, ep: Episode, ds: int, da: int, where: str) -> None:
             )
 
 
+def known_control_modes() -> set[str]:
+    """Control modes a dataset may record: every registered task's mode and the panda controllers."""
+    return set(PANDA_CONTROL_MODES) | {t.control_mode for t in TASKS.values()}
+
+
+def array_digest(arr: np.ndarray) -> str:
+    """``"sha256:<hex>"`` of an array's dtype, shape and little-endian C-order bytes."""
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(memoryview(arr).cast("B"))
+    return f"sha256:{h.hexdigest()}"
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in _VERSIONED:
+        with contextlib.suppress(PackageNotFoundError):
+            out[name.replace("-", "_")] = version(name)
+    return out
+
+
+def _normalize_provenance(prov: dict[str, Any]) -> dict[str, Any]:
+    """Add versions, creation time and command line; keep only the file name of ``source_file`` (paths move)."""
+    prov = dict(prov)
+    if prov.get("source_file"):
+        prov["source_file"] = Path(str(prov["source_file"])).name
+    prov["versions"] = _package_versions()
+    prov["created_utc"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    prov["command"] = " ".join(sys.argv)
+    return prov
+
+
 def write_dataset(
     path: str | os.PathLike,
     episodes: Sequence[Episode],
@@ -138,8 +202,9 @@ def write_dataset(
 ) -> Path:
     """Validate ``episodes`` and write them as a zarr dataset at ``path`` (atomically). Returns the final path.
 
-    ``provenance`` must hold :data:`PROVENANCE_KEYS` (``format_version`` is filled in). ``source`` names the input
-    in error messages (defaults to ``path``).
+    ``provenance`` must hold :data:`PROVENANCE_KEYS` (``format_version``, package versions, ``created_utc`` and
+    ``command`` are filled in; ``source_file`` is reduced to its file name). ``source`` names the input in error
+    messages (defaults to ``path``). Each array's :func:`array_digest` goes into the ``checksums`` attribute.
     """
     path = Path(path)
     where = source or str(path)
@@ -159,6 +224,7 @@ def write_dataset(
     if missing:
         raise ValueError(f"provenance lacks {missing}")
     prov.setdefault("keys", {"action": "action", "state": "observation.state"})
+    prov = _normalize_provenance(prov)
     stats = {"action": compute_stats(action), "state": compute_stats(state)}
 
     with atomic_path(path, overwrite=overwrite) as tmp:
@@ -166,15 +232,34 @@ def write_dataset(
         data = root.create_group("data")
         meta = root.create_group("meta")
         for name, arr in (("action", action), ("state", state)):
+            # Every chunk is written, even all-zero ones, so a missing chunk file always means damage.
             z = data.create_array(
-                name, shape=arr.shape, chunks=_chunks(arr.shape, 4), dtype="float32", compressors=_BLOSC
+                name,
+                shape=arr.shape,
+                chunks=_chunks(arr.shape, 4),
+                dtype="float32",
+                compressors=_BLOSC,
+                config={"write_empty_chunks": True},
             )
             z[:] = arr
         for name, arr in (("episode_ends", ends), ("episode_seed", seeds)):
-            z = meta.create_array(name, shape=arr.shape, chunks=arr.shape, dtype="int64", compressors=None)
+            z = meta.create_array(
+                name,
+                shape=arr.shape,
+                chunks=arr.shape,
+                dtype="int64",
+                compressors=None,
+                config={"write_empty_chunks": True},
+            )
             z[:] = arr
         root.attrs["mepoly_il"] = prov
         root.attrs["stats"] = stats
+        root.attrs["checksums"] = {
+            "data/action": array_digest(action),
+            "data/state": array_digest(state),
+            "meta/episode_ends": array_digest(ends),
+            "meta/episode_seed": array_digest(seeds),
+        }
         zarr.consolidate_metadata(str(tmp))
     return path
 
@@ -208,8 +293,14 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
             f"{path}: dataset format_version {prov['format_version']} is newer than this mepoly-il supports "
             f"({FORMAT_VERSION}); upgrade mepoly-il or re-create the dataset"
         )
+    mode = prov.get("control_mode")
+    if mode is not None and mode not in known_control_modes():
+        raise UserError(
+            f"{path}: control_mode {mode!r} in the provenance is not a ManiSkill panda controller (known: "
+            f"{', '.join(sorted(known_control_modes()))}); {_FIX_RECREATE} --control-mode MODE"
+        )
     shapes: dict[str, tuple[int, ...]] = {}
-    for key in ("data/action", "data/state", "meta/episode_ends", "meta/episode_seed"):
+    for key in ARRAY_KEYS:
         try:
             shapes[key] = tuple(root[key].shape)
         except KeyError:
@@ -244,15 +335,53 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
     )
 
 
+def _read_array(path: Path, root: Any, key: str, dtype: Any, verify: bool) -> np.ndarray:
+    """Read one array; missing or undecodable chunks are a one-line UserError instead of zeros or a traceback."""
+    z = root[key]
+    if verify and z.nchunks_initialized < z.nchunks:
+        raise UserError(
+            f"{path}: corrupt dataset: {z.nchunks - z.nchunks_initialized} of {z.nchunks} chunk files of {key} are "
+            f"missing; {_FIX_CORRUPT}"
+        )
+    try:
+        return np.asarray(z[:], dtype=dtype)
+    except Exception as err:  # blosc/numcodecs raise RuntimeError, ValueError, ... for truncated or garbage chunks
+        raise UserError(
+            f"{path}: corrupt dataset: {key} cannot be decoded ({type(err).__name__}); {_FIX_CORRUPT}"
+        ) from None
+
+
+def _check_stats_match(path: Path, stats: dict[str, Any], arrays: DatasetArrays) -> None:
+    for key in ("action", "state"):
+        fresh = compute_stats(getattr(arrays, key))
+        for name in STAT_KEYS:
+            if not np.allclose(np.asarray(stats[key][name], dtype=np.float64), fresh[name], rtol=1e-5, atol=1e-6):
+                raise UserError(
+                    f"{path}: corrupt dataset: stored {key} stats[{name!r}] do not match data/{key}; {_FIX_CORRUPT}"
+                )
+
+
 def load_arrays(path: str | os.PathLike) -> DatasetArrays:
-    """Load the whole dataset into RAM as numpy and check that it is consistent (lengths, ends, finite values)."""
+    """Load the whole dataset into RAM as numpy and check it: checksums, stored stats, lengths, ends, finite values.
+
+    A dataset without ``checksums`` (written by an older mepoly-il) loads with a one-time warning.
+    """
     info = read_info(path)
     path, root = _open(path)
+    checksums = dict(root.attrs).get("checksums")
+    verify = isinstance(checksums, dict)
+    if not verify and str(path) not in _warned_unverified:
+        _warned_unverified.add(str(path))
+        print(
+            f"warning: {path}: written without checksums (older mepoly-il), so missing or damaged chunks cannot all "
+            f"be detected; {_FIX_RECREATE} to add them",
+            file=sys.stderr,
+        )
     arrays = DatasetArrays(
-        state=np.asarray(root["data/state"][:], dtype=np.float32),
-        action=np.asarray(root["data/action"][:], dtype=np.float32),
-        episode_ends=np.asarray(root["meta/episode_ends"][:], dtype=np.int64),
-        episode_seed=np.asarray(root["meta/episode_seed"][:], dtype=np.int64),
+        state=_read_array(path, root, "data/state", np.float32, verify),
+        action=_read_array(path, root, "data/action", np.float32, verify),
+        episode_ends=_read_array(path, root, "meta/episode_ends", np.int64, verify),
+        episode_seed=_read_array(path, root, "meta/episode_seed", np.int64, verify),
     )
     ends = arrays.episode_ends
     if len(ends) == 0:
@@ -269,6 +398,12 @@ def load_arrays(path: str | os.PathLike) -> DatasetArrays:
     for name in ("state", "action"):
         if not np.isfinite(getattr(arrays, name)).all():
             raise UserError(f"{path}: data/{name} contains NaN/inf; {_FIX_RECREATE}")
+    if verify:
+        for key, arr in zip(ARRAY_KEYS, (arrays.action, arrays.state, arrays.episode_ends, arrays.episode_seed)):
+            if checksums.get(key) != array_digest(arr):
+                raise UserError(f"{path}: corrupt dataset: {key} does not match its stored checksum; {_FIX_CORRUPT}")
+    # Covers datasets without checksums and stats edited after writing; ~10 ms for 100 demos.
+    _check_stats_match(path, info.stats, arrays)
     return arrays
 
 
