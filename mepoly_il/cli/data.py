@@ -141,7 +141,10 @@ def main(argv: list[str]) -> int:
         import json
 
         from mepoly_il.data.inspect import format_summary, plot_dataset, summarize
+        from mepoly_il.utils import check_output
 
+        if args.plot:  # an existing PNG is replaced; a directory or the dataset itself never is
+            check_output(args.plot, [args.path], overwrite=True, option="--plot", kind="file")
         summary = summarize(args.path)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         if args.plot:

@@ -47,8 +47,8 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _fmt(values, width: int = 7) -> str:
-    return " ".join(f"{v:{width}.3f}" for v in values)
+#: Columns of the per-dimension stats table (one row per dimension keeps lines short for any width).
+_STAT_COLUMNS = ("min", "max", "mean", "std", "q01", "q50", "q99")
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -69,10 +69,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"dropped        {summary['num_failed_conversions']} episodes that failed after conversion")
     for key in ("action", "state"):
         st = summary["stats"][key]
-        lines.append(f"{key} stats (per dim)")
-        for name in ("min", "max", "mean", "std", "q01", "q99"):
-            lines.append(f"  {name:<5} {_fmt(st[name])}")
+        cols = [c for c in _STAT_COLUMNS if c in st]  # q50 is missing in datasets written before it was stored
+        lines.append(f"{key} stats")
+        lines.append("  dim " + "".join(f"{c:>11}" for c in cols))
+        for d in range(len(st["min"])):
+            lines.append(f"  {d:>3} " + "".join(f"{_num(st[c][d]):>11}" for c in cols))
     return "\n".join(lines)
+
+
+def _num(v: float) -> str:
+    """At most 10 characters: fixed point for ordinary magnitudes, else scientific."""
+    return f"{v:.4f}" if 1e-3 <= abs(v) < 1e5 or v == 0 else f"{v:.3e}"
 
 
 def plot_dataset(path: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -82,8 +89,9 @@ def plot_dataset(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mepoly_il.utils import atomic_path
+    from mepoly_il.utils import atomic_path, check_output
 
+    check_output(out, [path], overwrite=True, option="--plot", kind="file")
     info = read_info(path)
     arrays = load_arrays(path)
     da, ds = info.act_dim, info.obs_dim

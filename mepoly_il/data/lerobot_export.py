@@ -3,9 +3,11 @@
 Written (LeRobot ``CODEBASE_VERSION = "v3.0"``; many episodes per parquet file)::
 
     OUT/meta/info.json                          codebase_version, fps, features, totals, path templates, splits
-    OUT/meta/stats.json                         {feature: {min, max, mean, std, count, q01, q99}}
+    OUT/meta/stats.json                         {feature: {min, max, mean, std, count, q01, q10, q50, q90, q99}}
     OUT/meta/tasks.parquet                      index = task string, column task_index
-    OUT/meta/episodes/chunk-000/file-000.parquet   one row per episode (length, index ranges, file refs, stats)
+    OUT/meta/episodes/chunk-000/file-000.parquet   one row per episode (length, index ranges, file refs, and
+                                                ``stats/<feature>/<stat>`` for every feature and stat, as LeRobot
+                                                writes them: its split/delete tools re-aggregate from these)
     OUT/data/chunk-000/file-000.parquet         action, observation.state, timestamp, frame_index, episode_index,
                                                 index, task_index
 
@@ -24,7 +26,7 @@ import numpy as np
 from mepoly_il.data.stats import compute_stats
 from mepoly_il.data.zarr_io import load_arrays, read_info
 from mepoly_il.errors import UserError
-from mepoly_il.utils import atomic_path
+from mepoly_il.utils import atomic_path, check_output
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -60,11 +62,15 @@ def export_lerobot(
     robot_type: str = "panda",
     overwrite: bool = False,
 ) -> Path:
-    """Write the zarr dataset at ``path`` as a LeRobot v3.0 dataset directory ``out``; returns ``out``."""
+    """Write the zarr dataset at ``path`` as a LeRobot v3.0 dataset directory ``out``; returns ``out``.
+
+    ``out`` may not be, contain or lie inside ``path`` (checked before any work, even with ``overwrite``).
+    """
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_output(out, [path], overwrite=overwrite, kind="dir")
     info = read_info(path)
     prov = info.provenance
     if prov.get("obs_mode") not in (None, "state"):
@@ -99,12 +105,9 @@ def export_lerobot(
         "index": np.arange(n_frames, dtype=np.int64),
         "task_index": np.zeros(n_frames, dtype=np.int64),
     }
-    stats = {
-        "action": info.stats["action"],
-        "observation.state": info.stats["state"],
-        **{k: compute_stats(columns[k].reshape(-1, 1)) for k in ("timestamp", "frame_index", "episode_index", "index")},
-        "task_index": compute_stats(columns["task_index"].reshape(-1, 1)),
-    }
+    # Recomputed rather than copied from the zarr attributes, so datasets stored with fewer quantiles export all five.
+    as_2d = lambda v: v.reshape(len(v), -1)
+    stats = {k: compute_stats(as_2d(v)) for k, v in columns.items()}
     bytes_per_frame = 4 * (da + ds + 1) + 8 * 4
     files = _split_files(ends, bytes_per_frame)
 
@@ -144,10 +147,9 @@ def export_lerobot(
                 episode_rows["dataset_to_index"].append(en)
                 episode_rows["meta/episodes/chunk_index"].append(0)
                 episode_rows["meta/episodes/file_index"].append(0)
-                for key, src in (("action", arrays.action), ("observation.state", arrays.state)):
-                    st = compute_stats(src[b:en])
-                    for name in ("min", "max", "mean", "std", "count"):
-                        per_episode_stats.setdefault(f"stats/{key}/{name}", []).append(st[name])
+                for key, src in columns.items():
+                    for name, value in compute_stats(as_2d(src[b:en])).items():
+                        per_episode_stats.setdefault(f"stats/{key}/{name}", []).append(value)
         ep_table = pa.table({**episode_rows, **per_episode_stats})
         ep_dest = tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
         ep_dest.parent.mkdir(parents=True, exist_ok=True)

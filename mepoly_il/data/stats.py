@@ -1,4 +1,4 @@
-"""Per-feature statistics in LeRobot's ``stats.json`` schema (min, max, mean, std, count, q01, q99).
+"""Per-feature statistics in LeRobot's ``stats.json`` schema (min, max, mean, std, count, q01, q10, q50, q90, q99).
 
 They are computed once over every frame of a dataset, stored in the zarr root attributes, and turned into the
 normalizer bounds that both the DataModule and the policy use (:func:`mepoly_il.data.normalize.minmax_bounds`).
@@ -10,24 +10,26 @@ from typing import Any
 
 import numpy as np
 
+#: Keys every stored stats block must have (datasets written before the q10/q50/q90 quantiles have only these).
 STAT_KEYS = ("min", "max", "mean", "std", "count", "q01", "q99")
+#: The quantiles LeRobot writes (its QUANTILES / QUANTILE10 normalisations read them).
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 
 
 def compute_stats(x: np.ndarray) -> dict[str, list[float] | list[int]]:
-    """Stats of ``x`` (N, D) over the first axis: lists of length D, except ``count`` = [N]."""
+    """Stats of ``x`` (N, D) over the first axis, with every :data:`QUANTILES`: lists of length D; ``count`` = [N]."""
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"compute_stats needs a non-empty (N, D) array, got shape {x.shape}")
     x64 = x.astype(np.float64)
-    q01, q99 = np.quantile(x64, [0.01, 0.99], axis=0)
+    qs = np.quantile(x64, list(QUANTILES.values()), axis=0)
     return {
         "min": x64.min(axis=0).tolist(),
         "max": x64.max(axis=0).tolist(),
         "mean": x64.mean(axis=0).tolist(),
         "std": x64.std(axis=0).tolist(),
         "count": [int(x.shape[0])],
-        "q01": q01.tolist(),
-        "q99": q99.tolist(),
+        **{name: q.tolist() for name, q in zip(QUANTILES, qs)},
     }
 
 

@@ -35,7 +35,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from mepoly_il.data.stats import STAT_KEYS, check_stats, compute_stats
+from mepoly_il.data.stats import check_stats, compute_stats
 from mepoly_il.errors import UserError
 from mepoly_il.tasks import TASKS
 from mepoly_il.utils import atomic_path
@@ -354,7 +354,7 @@ def _read_array(path: Path, root: Any, key: str, dtype: Any, verify: bool) -> np
 def _check_stats_match(path: Path, stats: dict[str, Any], arrays: DatasetArrays) -> None:
     for key in ("action", "state"):
         fresh = compute_stats(getattr(arrays, key))
-        for name in STAT_KEYS:
+        for name in [k for k in stats[key] if k in fresh]:
             if not np.allclose(np.asarray(stats[key][name], dtype=np.float64), fresh[name], rtol=1e-5, atol=1e-6):
                 raise UserError(
                     f"{path}: corrupt dataset: stored {key} stats[{name!r}] do not match data/{key}; {_FIX_CORRUPT}"
