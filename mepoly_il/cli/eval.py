@@ -79,13 +79,47 @@ def _unique_names(paths: list[Path], root: Path) -> list[str]:
     return [str(p.relative_to(root).with_suffix("")).replace("/", "__") for p in paths]
 
 
+def check_device(device: str) -> None:
+    """UserError unless ``device`` names a torch device that exists on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r}: not a torch device; use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {device}: only cpu and cuda are supported")
+
+
+def _check_run_args(args: argparse.Namespace) -> None:
+    """Every argument checked before any checkpoint is read or simulator started."""
+    from mepoly_il.eval.rollout import eval_seeds
+
+    if args.num_envs < 1:
+        raise UserError(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.video < 0:
+        raise UserError(f"--video must be >= 0, got {args.video}")
+    if args.max_episode_steps is not None and args.max_episode_steps < 1:
+        raise UserError(
+            f"--max-episode-steps must be >= 1 (omit it for the task's length), got {args.max_episode_steps}"
+        )
+    if args.reconfiguration_freq < 0:
+        raise UserError(f"--reconfiguration-freq must be >= 0 (0 = never rebuild), got {args.reconfiguration_freq}")
+    eval_seeds(args.seed, args.episodes, args.num_envs)  # --episodes and --seed range
+    check_device(args.device)
+
+
 def run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
     from mepoly_il.eval.rollout import eval_info_dir, evaluate_checkpoint, list_checkpoints
     from mepoly_il.utils import progress
 
-    if args.video < 0 or args.num_envs < 1:
-        raise UserError("--video must be >= 0 and --num-envs >= 1")
+    _check_run_args(args)
     ckpts = list_checkpoints(args.path)
     root = Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent
     names = _unique_names([p for p, _ in ckpts], root)

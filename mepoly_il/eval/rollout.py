@@ -36,11 +36,16 @@ from mepoly_il.policies.base import BasePolicy
 EVAL_SEED_BASE = 1_000_000
 EVAL_SEED_STRIDE = 10_000
 EVAL_INFO_FORMAT = 1
+#: ManiSkill seeds numpy's RandomState with each reset seed, which accepts 0 .. 2**32 - 1.
+MAX_ENV_SEED = 2**32 - 1
 
 
 # -- seeds -----------------------------------------------------------------------------------------------------------
-def eval_seeds(seed: int, episodes: int) -> list[int]:
-    """Seeds of ``episodes`` consecutive episodes in evaluation block ``seed`` (far above demo seeds 0..~1e3)."""
+def eval_seeds(seed: int, episodes: int, num_envs: int = 1) -> list[int]:
+    """Seeds of ``episodes`` consecutive episodes in evaluation block ``seed`` (far above demo seeds 0..~1e3).
+
+    ``num_envs`` only widens the range check: a partial last batch runs its spare envs on the following seeds.
+    """
     if episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {episodes}")
     if seed < 0:
@@ -48,6 +53,13 @@ def eval_seeds(seed: int, episodes: int) -> list[int]:
     if episodes > EVAL_SEED_STRIDE:
         raise UserError(f"--episodes {episodes} exceeds the {EVAL_SEED_STRIDE} seeds of one evaluation block")
     start = EVAL_SEED_BASE + EVAL_SEED_STRIDE * int(seed)
+    last = start + int(episodes) - 1 + max(int(num_envs), 1) - 1
+    if last > MAX_ENV_SEED:
+        top = (MAX_ENV_SEED - EVAL_SEED_BASE - int(episodes) - max(int(num_envs), 1) + 2) // EVAL_SEED_STRIDE
+        raise UserError(
+            f"--seed {seed}: episode seeds would reach {last}, beyond ManiSkill's limit {MAX_ENV_SEED}; "
+            f"use a seed block <= {top}"
+        )
     return list(range(start, start + int(episodes)))
 
 
@@ -395,6 +407,20 @@ def eval_info_dir(ckpt_path: Path, out: str | os.PathLike | None, name: str | No
     return Path(out) / name if out is not None else ckpt_path.parent / "eval" / name
 
 
+def _read_cached(info_path: Path) -> dict[str, Any]:
+    """A previous ``eval_info.json``; a one-line UserError when it is damaged (it is never silently replaced)."""
+    import json
+
+    try:
+        old = json.loads(info_path.read_text())
+        old["provenance"]["checkpoint_sha256"], old["aggregated"]["success_once"]  # noqa: B018  (required keys)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{info_path}: corrupt eval_info.json (unreadable or incomplete); delete it to re-evaluate"
+        ) from None
+    return old
+
+
 def evaluate_checkpoint(
     ckpt_path: Path,
     ckpt: dict[str, Any] | None,
@@ -415,15 +441,15 @@ def evaluate_checkpoint(
     An existing ``eval_info.json`` for the same checkpoint bytes and settings is returned as is (``ran=False``), so
     re-running on a growing run directory only evaluates new checkpoints; different settings need ``overwrite``.
     """
-    import json
-
     from mepoly_il.policies import load_policy, read_checkpoint
     from mepoly_il.utils import write_json_atomic
 
+    seeds = eval_seeds(seed, episodes, num_envs)
+    info_path = out_dir / EVAL_INFO_NAME
+    old = _read_cached(info_path) if info_path.exists() and not overwrite else None
     ckpt = ckpt if ckpt is not None else read_checkpoint(ckpt_path)
     policy = load_policy(ckpt_path, device=device)
     meta = dataset_meta(policy)
-    seeds = eval_seeds(seed, episodes)
     check_seed_overlap(seeds, meta.get("episode_seeds"), str(ckpt_path))
     spec = env_spec_for(meta, max_episode_steps, sim_backend, reconfiguration_freq, render=video > 0)
     prov = checkpoint_provenance(ckpt_path, ckpt)
@@ -434,16 +460,12 @@ def evaluate_checkpoint(
         "num_envs": int(num_envs),
         "video_episodes": int(video),
     }
-    info_path = out_dir / EVAL_INFO_NAME
-    if info_path.exists() and not overwrite:
-        try:
-            old = json.loads(info_path.read_text())
-            old_prov = old["provenance"]
-            same = old_prov["checkpoint_sha256"] == prov["checkpoint_sha256"] and all(
-                old_prov.get(k) == v for k, v in settings.items() if k not in ("num_envs", "video_episodes")
-            )
-        except (ValueError, KeyError, TypeError):
-            same = False
+    if old is not None:
+        old_prov = old["provenance"]
+        # num_envs counts: batches share the policy's noise stream and the last batch is padded, so episodes differ.
+        same = old_prov["checkpoint_sha256"] == prov["checkpoint_sha256"] and all(
+            old_prov.get(k) == v for k, v in settings.items() if k != "video_episodes"
+        )
         if same:
             return old, False
         raise UserError(
