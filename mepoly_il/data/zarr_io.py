@@ -395,13 +395,13 @@ def load_arrays(path: str | os.PathLike) -> DatasetArrays:
             f"{path}: arrays disagree in length (meta/episode_ends ends at {int(ends[-1])}, data/* has "
             f"{info.num_frames} rows); {_FIX_RECREATE}"
         )
-    for name in ("state", "action"):
-        if not np.isfinite(getattr(arrays, name)).all():
-            raise UserError(f"{path}: data/{name} contains NaN/inf; {_FIX_RECREATE}")
     if verify:
         for key, arr in zip(ARRAY_KEYS, (arrays.action, arrays.state, arrays.episode_ends, arrays.episode_seed)):
             if checksums.get(key) != array_digest(arr):
                 raise UserError(f"{path}: corrupt dataset: {key} does not match its stored checksum; {_FIX_CORRUPT}")
+    for name in ("state", "action"):
+        if not np.isfinite(getattr(arrays, name)).all():
+            raise UserError(f"{path}: data/{name} contains NaN/inf; {_FIX_RECREATE}")
     # Covers datasets without checksums and stats edited after writing; ~10 ms for 100 demos.
     _check_stats_match(path, info.stats, arrays)
     return arrays

@@ -421,6 +421,18 @@ def _read_cached(info_path: Path) -> dict[str, Any]:
     return old
 
 
+def cache_matches(old: dict[str, Any], checkpoint_sha256: str, settings: dict[str, Any]) -> bool:
+    """Whether a previous ``eval_info.json`` answers an evaluation with these checkpoint bytes and settings.
+
+    Every setting counts except ``video_episodes``; ``num_envs`` does because batches share the policy's noise
+    stream and the last batch is padded, so the same seeds give different episodes with another ``num_envs``.
+    """
+    prov = old["provenance"]
+    return prov["checkpoint_sha256"] == checkpoint_sha256 and all(
+        prov.get(k) == v for k, v in settings.items() if k != "video_episodes"
+    )
+
+
 def evaluate_checkpoint(
     ckpt_path: Path,
     ckpt: dict[str, Any] | None,
@@ -461,12 +473,7 @@ def evaluate_checkpoint(
         "video_episodes": int(video),
     }
     if old is not None:
-        old_prov = old["provenance"]
-        # num_envs counts: batches share the policy's noise stream and the last batch is padded, so episodes differ.
-        same = old_prov["checkpoint_sha256"] == prov["checkpoint_sha256"] and all(
-            old_prov.get(k) == v for k, v in settings.items() if k != "video_episodes"
-        )
-        if same:
+        if cache_matches(old, prov["checkpoint_sha256"], settings):
             return old, False
         raise UserError(
             f"{info_path}: exists with a different checkpoint or settings; pass --overwrite or choose another --out"

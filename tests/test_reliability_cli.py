@@ -1,0 +1,174 @@
+"""Bad inputs through the real CLI: each must exit 2 with exactly one `error:` line, no traceback, and leave the
+files on disk exactly as they were (no dataset deleted, no half-written output, no stray temporary folder)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import zarr
+
+from mepoly_il.cli import main as cli_main
+from mepoly_il.data.synthetic import make_synthetic_dataset
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> 'dir' or the sha256 of the file, for everything under ``root``."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _set_attrs(ds: Path, **attrs) -> None:
+    """Change root attributes and re-consolidate (what a hand edit of .zattrs + .zmetadata would do)."""
+    root = zarr.open_group(str(ds), mode="r+")
+    for key, value in attrs.items():
+        if value is None:
+            del root.attrs[key]
+        else:
+            root.attrs[key] = value
+    zarr.consolidate_metadata(str(ds))
+
+
+def _prov(ds: Path, **changes) -> dict:
+    prov = dict(zarr.open_group(str(ds), mode="r").attrs["mepoly_il"])
+    prov.update(changes)
+    return prov
+
+
+def _fake_ckpt(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": 10, "state_dict": {}, "mepoly_il": {"format_version": 1, "policy": "dp"}}, path)
+    return path
+
+
+# Each case: (id, setup(tmp, ds) -> argv, substring of the error line). ``ds`` is a fresh synthetic dataset.
+Case = tuple[str, Callable[[Path, Path], list[str]], str]
+
+
+def _missing_chunk(tmp: Path, ds: Path) -> list[str]:
+    (ds / "data" / "action" / "0.0").unlink()
+    return ["data", "inspect", str(ds)]
+
+
+def _garbage_chunk(tmp: Path, ds: Path) -> list[str]:
+    (ds / "data" / "state" / "0.0").write_bytes(b"not a blosc frame at all")
+    return ["data", "inspect", str(ds)]
+
+
+def _truncated_chunk(tmp: Path, ds: Path) -> list[str]:
+    chunk = ds / "data" / "action" / "0.0"
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    return ["data", "inspect", str(ds)]
+
+
+def _changed_data(tmp: Path, ds: Path) -> list[str]:
+    z = zarr.open_group(str(ds), mode="r+")["data/action"]
+    z[3, 0] = 0.123  # valid chunk, plausible value, stats untouched
+    return ["data", "inspect", str(ds)]
+
+
+def _changed_stats(tmp: Path, ds: Path) -> list[str]:
+    stats = dict(zarr.open_group(str(ds), mode="r").attrs["stats"])
+    stats["action"] = {**stats["action"], "max": [v + 0.5 for v in stats["action"]["max"]]}
+    _set_attrs(ds, stats=stats)
+    return ["data", "inspect", str(ds)]
+
+
+def _legacy_missing_chunk(tmp: Path, ds: Path) -> list[str]:
+    _set_attrs(ds, checksums=None)  # as written before checksums existed
+    (ds / "data" / "action" / "0.0").unlink()
+    return ["data", "inspect", str(ds)]
+
+
+def _bogus_control_mode(tmp: Path, ds: Path) -> list[str]:
+    _set_attrs(ds, mepoly_il=_prov(ds, control_mode="pd_warp_drive"))
+    return ["data", "inspect", str(ds)]
+
+
+def _corrupt_eval_info(tmp: Path, ds: Path) -> list[str]:
+    ckpt = _fake_ckpt(tmp / "run" / "step=10.ckpt")
+    info = ckpt.parent / "eval" / "step=10" / "eval_info.json"
+    info.parent.mkdir(parents=True)
+    info.write_text('{"provenance": {"checkpoint_sha256": "ab')  # a run killed mid-write by an older version
+    return ["eval", "run", str(ckpt), "--episodes", "2"]
+
+
+def _incomplete_eval_info(tmp: Path, ds: Path) -> list[str]:
+    ckpt = _fake_ckpt(tmp / "run" / "step=10.ckpt")
+    info = ckpt.parent / "eval" / "step=10" / "eval_info.json"
+    info.parent.mkdir(parents=True)
+    info.write_text(json.dumps({"provenance": {}}))
+    return ["eval", "run", str(ckpt), "--episodes", "2"]
+
+
+def _not_a_dir_parent(tmp: Path, ds: Path) -> Path:
+    (tmp / "afile").write_text("x")
+    return tmp / "afile" / "out"
+
+
+CASES: list[Case] = [
+    ("plot-onto-dataset", lambda t, d: ["data", "inspect", str(d), "--plot", str(d)], "is the input"),
+    ("plot-existing-dir", lambda t, d: ["data", "inspect", str(d), "--plot", str(t / "run")], "existing directory"),
+    ("plot-parent-of-dataset", lambda t, d: ["data", "inspect", str(d), "--plot", str(t)], "contains the input"),
+    ("plot-parent-is-file", lambda t, d: ["data", "inspect", str(d), "--plot", str(_not_a_dir_parent(t, d))], "not a"),
+    ("export-onto-source", lambda t, d: ["data", "export-lerobot", str(d), "--out", str(d), "--overwrite"], "is the"),
+    (
+        "export-inside-source",
+        lambda t, d: ["data", "export-lerobot", str(d), "--out", str(d / "meta" / "x"), "--overwrite"],
+        "lies inside the input",
+    ),
+    (
+        "export-parent-of-source",
+        lambda t, d: ["data", "export-lerobot", str(d), "--out", str(t), "--overwrite"],
+        "contains the input",
+    ),
+    ("export-existing", lambda t, d: ["data", "export-lerobot", str(d), "--out", str(t / "run")], "already exists"),
+    (
+        "export-parent-is-file",
+        lambda t, d: ["data", "export-lerobot", str(d), "--out", str(_not_a_dir_parent(t, d))],
+        "is not a directory",
+    ),
+    ("missing-chunk", _missing_chunk, "chunk files of data/action are missing"),
+    ("garbage-chunk", _garbage_chunk, "data/state cannot be decoded"),
+    ("truncated-chunk", _truncated_chunk, "corrupt dataset: data/action"),
+    ("changed-data", _changed_data, "data/action does not match its stored checksum"),
+    ("changed-stats", _changed_stats, "stored action stats['max'] do not match"),
+    ("legacy-missing-chunk", _legacy_missing_chunk, "stats["),
+    ("bogus-control-mode", _bogus_control_mode, "'pd_warp_drive' in the provenance is not a ManiSkill"),
+    ("eval-seed-too-large", lambda t, d: ["eval", "run", str(t / "x.ckpt"), "--seed", "429397"], "use a seed block"),
+    ("eval-reconfig-negative", lambda t, d: ["eval", "run", "x.ckpt", "--reconfiguration-freq", "-1"], ">= 0"),
+    ("eval-steps-zero", lambda t, d: ["eval", "run", "x.ckpt", "--max-episode-steps", "0"], "must be >= 1"),
+    ("eval-num-envs-zero", lambda t, d: ["eval", "run", "x.ckpt", "--num-envs", "0"], "--num-envs must be >= 1"),
+    ("eval-device-bogus", lambda t, d: ["eval", "run", "x.ckpt", "--device", "tpu9"], "not a torch device"),
+    ("eval-corrupt-eval-info", _corrupt_eval_info, "corrupt eval_info.json"),
+    ("eval-incomplete-eval-info", _incomplete_eval_info, "delete it to re-evaluate"),
+]
+if not torch.cuda.is_available():
+    CASES.append(("eval-cuda-without-gpu", lambda t, d: ["eval", "run", "x.ckpt", "--device", "cuda"], "no CUDA GPU"))
+
+
+@pytest.mark.parametrize("setup,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_line_and_changes_nothing(tmp_path, capsys, monkeypatch, setup, expected):
+    monkeypatch.chdir(tmp_path)  # relative outputs (if any slipped through) would land here and be seen
+    ds = make_synthetic_dataset(tmp_path / "d.zarr", num_episodes=6, length=(10, 14))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("not ours")
+    argv = setup(tmp_path, ds)
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    code = cli_main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    others = [line for line in err.splitlines() if line.strip() and "error:" not in line]
+    assert code == 2, err
+    assert len(errors) == 1 and expected in errors[0], err
+    assert "Traceback" not in err
+    assert all(line.startswith("warning:") for line in others), err  # e.g. the unverified-dataset warning
+    assert _snapshot(tmp_path) == before
