@@ -81,6 +81,11 @@ def _changed_stats(tmp: Path, ds: Path) -> list[str]:
     return ["data", "inspect", str(ds)]
 
 
+def _legacy_changed_stats(tmp: Path, ds: Path) -> list[str]:
+    _set_attrs(ds, checksums=None)
+    return _changed_stats(tmp, ds)
+
+
 def _legacy_missing_chunk(tmp: Path, ds: Path) -> list[str]:
     _set_attrs(ds, checksums=None)  # as written before checksums existed
     (ds / "data" / "action" / "0.0").unlink()
@@ -139,7 +144,8 @@ CASES: list[Case] = [
     ("garbage-chunk", _garbage_chunk, "data/state cannot be decoded"),
     ("truncated-chunk", _truncated_chunk, "corrupt dataset: data/action"),
     ("changed-data", _changed_data, "data/action does not match its stored checksum"),
-    ("changed-stats", _changed_stats, "stored action stats['max'] do not match"),
+    ("changed-stats", _changed_stats, "stored stats do not match their checksum"),
+    ("legacy-changed-stats", _legacy_changed_stats, "stored action stats['max'] do not match data/action"),
     ("legacy-missing-chunk", _legacy_missing_chunk, "stats["),
     ("bogus-control-mode", _bogus_control_mode, "'pd_warp_drive' in the provenance is not a ManiSkill"),
     ("eval-seed-too-large", lambda t, d: ["eval", "run", str(t / "x.ckpt"), "--seed", "429397"], "use a seed block"),
