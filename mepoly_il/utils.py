@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,14 @@ def check_output(
     overwrite: bool = False,
     option: str = "--out",
     kind: str = "any",
+    replaceable: tuple[Callable[[Path], bool], str] | None = None,
 ) -> Path:
     """Validate an output path before any work runs; returns it as a Path.
 
     UserError (one line) when ``out`` equals, contains or lies inside one of ``inputs``; when it exists and
-    ``overwrite`` is false; when it exists as a directory but ``kind="file"`` (or as a file but ``kind="dir"``), so
-    that no directory the command did not create is ever replaced; when its parent is not a writable directory.
-    ``option`` names the flag in the messages.
+    ``overwrite`` is false; when it exists as a directory but ``kind="file"`` (or as a file but ``kind="dir"``);
+    when it exists and ``replaceable = (looks_like, what)`` says it is not ``what`` (so that only outputs of the
+    same command are ever replaced); when its parent is not a writable directory. ``option`` names the flag.
     """
     path = Path(out)
     resolved = path.resolve()
@@ -73,6 +74,10 @@ def check_output(
             raise UserError(f"{option} {path}: is an existing file; give a directory name (it is never deleted)")
         if not overwrite:
             raise UserError(f"{option} {path}: output already exists; pass --overwrite to replace it or choose another")
+        if replaceable is not None and not replaceable[0](path):
+            raise UserError(
+                f"{option} {path}: exists and is not {replaceable[1]}, so it is not replaced; choose another path"
+            )
     parent = _nearest_existing(resolved.parent)
     if not parent.is_dir():
         raise UserError(f"{option} {path}: {parent} is not a directory; choose an output under a directory")

@@ -134,6 +134,12 @@ CASES: list[Case] = [
         lambda t, d: ["data", "export-lerobot", str(d), "--out", str(t), "--overwrite"],
         "contains the input",
     ),
+    (
+        "export-over-unrelated-dir",
+        lambda t, d: ["data", "export-lerobot", str(d), "--out", str(t / "run"), "--overwrite"],
+        "is not a LeRobot dataset",
+    ),
+    ("plot-over-other-file", lambda t, d: ["data", "inspect", str(d), "--plot", str(t / "run" / "keep.txt")], "PNG"),
     ("export-existing", lambda t, d: ["data", "export-lerobot", str(d), "--out", str(t / "run")], "already exists"),
     (
         "export-parent-is-file",

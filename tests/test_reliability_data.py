@@ -223,6 +223,19 @@ def test_all_zero_chunks_are_written_so_missing_means_damage(tmp_path):
     assert load_arrays(path).num_episodes == 1
 
 
+def test_overwrite_replaces_only_a_dataset(tmp_path, ds):
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.jpg").write_bytes(b"jpg")
+    eps = [Episode(state=np.ones((4, 2)), action=np.ones((4, 1)), seed=0)]
+    prov = dict(read_info(ds).provenance)
+    with pytest.raises(UserError, match="is not a zarr dataset, so it is not replaced"):
+        write_dataset(other, eps, prov, overwrite=True)
+    assert (other / "a.jpg").read_bytes() == b"jpg"
+    write_dataset(ds, eps, prov, overwrite=True)  # an earlier dataset is replaced
+    assert load_arrays(ds).num_episodes == 1
+
+
 def test_legacy_dataset_loads_with_one_warning(ds, capsys):
     root = zarr.open_group(str(ds), mode="r+")
     del root.attrs["checksums"]

@@ -140,11 +140,11 @@ def main(argv: list[str]) -> int:
     if args.command == "inspect":
         import json
 
-        from mepoly_il.data.inspect import format_summary, plot_dataset, summarize
+        from mepoly_il.data.inspect import PNG_FILE, format_summary, plot_dataset, summarize
         from mepoly_il.utils import check_output
 
-        if args.plot:  # an existing PNG is replaced; a directory or the dataset itself never is
-            check_output(args.plot, [args.path], overwrite=True, option="--plot", kind="file")
+        if args.plot:  # an earlier PNG is replaced; the dataset, a directory or any other file never is
+            check_output(args.plot, [args.path], overwrite=True, option="--plot", kind="file", replaceable=PNG_FILE)
         summary = summarize(args.path)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         if args.plot:

@@ -47,6 +47,9 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+#: ``replaceable`` for :func:`mepoly_il.utils.check_output`: only an earlier PNG is overwritten by ``--plot``.
+PNG_FILE = (lambda p: p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "a PNG file")
+
 #: Columns of the per-dimension stats table (one row per dimension keeps lines short for any width).
 _STAT_COLUMNS = ("min", "max", "mean", "std", "q01", "q50", "q99")
 
@@ -91,7 +94,7 @@ def plot_dataset(path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     from mepoly_il.utils import atomic_path, check_output
 
-    check_output(out, [path], overwrite=True, option="--plot", kind="file")
+    check_output(out, [path], overwrite=True, option="--plot", kind="file", replaceable=PNG_FILE)
     info = read_info(path)
     arrays = load_arrays(path)
     da, ds = info.act_dim, info.obs_dim

@@ -70,7 +70,8 @@ def export_lerobot(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    check_output(out, [path], overwrite=overwrite, kind="dir")
+    looks_like = lambda p: (p / "meta" / "info.json").is_file()
+    check_output(out, [path], overwrite=overwrite, kind="dir", replaceable=(looks_like, "a LeRobot dataset"))
     info = read_info(path)
     prov = info.provenance
     if prov.get("obs_mode") not in (None, "state"):

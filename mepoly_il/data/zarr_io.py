@@ -39,7 +39,7 @@ import zarr
 from mepoly_il.data.stats import check_stats, compute_stats
 from mepoly_il.errors import UserError
 from mepoly_il.tasks import TASKS
-from mepoly_il.utils import atomic_path
+from mepoly_il.utils import atomic_path, check_output
 
 FORMAT_VERSION = 1
 #: Keys every provenance block carries (DemoDataModule.meta exposes them plus ``episode_seeds``).
@@ -160,6 +160,10 @@ def _check_episode(i: int, ep: Episode, ds: int, da: int, where: str) -> None:
             )
 
 
+def _is_zarr_group(path: Path) -> bool:
+    return (path / ".zgroup").is_file() or (path / "zarr.json").is_file()
+
+
 def known_control_modes() -> set[str]:
     """Control modes a dataset may record: every registered task's mode and the panda controllers."""
     return set(PANDA_CONTROL_MODES) | {t.control_mode for t in TASKS.values()}
@@ -215,6 +219,7 @@ def write_dataset(
     """
     path = Path(path)
     where = source or str(path)
+    check_output(path, overwrite=overwrite, kind="dir", replaceable=(_is_zarr_group, "a zarr dataset"))
     if not episodes:
         raise UserError(f"{where}: no episodes to write; generate demos first with `mepoly-il data generate`")
     ds, da = episodes[0].state.shape[-1], episodes[0].action.shape[-1]
