@@ -15,7 +15,7 @@ it duplicates a step checkpoint in the same folder). Writes eval_info.json per c
 <ckpt dir>/eval/<ckpt stem>/ (or <--out>/<ckpt stem>/): per-episode rows, aggregates, video paths and provenance.
 Evaluation seeds are 1_000_000 + 10_000*SEED + i (i < episodes): identical for every method, and refused if any is a
 demonstration seed of the checkpoint's dataset. Re-running skips checkpoints already evaluated with the same
-settings."""
+settings (--num-envs included: it changes the episodes)."""
 
 SUMMARY_HELP = """\
 Per training run: peak / last / top-k mean of success_once over its evaluated checkpoints (from

@@ -43,6 +43,10 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
             "unique": int(len(np.unique(arrays.episode_seed))),
         },
         "num_failed_conversions": prov.get("num_failed_conversions"),
+        "created_utc": prov.get("created_utc"),
+        "command": prov.get("command"),
+        "versions": prov.get("versions"),
+        "checksums_verified": info.checksummed,
         "stats": info.stats,
     }
 
@@ -68,6 +72,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"dims           state {summary['obs_dim']}  action {summary['act_dim']}",
         f"source         {summary['source_file']} (sha256 {str(summary['source_sha256'])[:12]})",
     ]
+    versions = summary.get("versions") or {}
+    made = f"{summary.get('created_utc') or 'unknown time'} by mepoly-il {versions.get('mepoly_il', '?')}"
+    lines.append(f"written        {made}  checksums {'verified' if summary['checksums_verified'] else 'absent'}")
     if summary.get("num_failed_conversions"):
         lines.append(f"dropped        {summary['num_failed_conversions']} episodes that failed after conversion")
     for key in ("action", "state"):

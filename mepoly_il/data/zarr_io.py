@@ -126,6 +126,7 @@ class DatasetInfo:
     act_dim: int
     num_frames: int
     num_episodes: int
+    checksummed: bool = False  # content hashes stored (verified by load_arrays)
 
 
 def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -345,6 +346,7 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         act_dim=int(act_dim),
         num_frames=int(n_act),
         num_episodes=int(shapes["meta/episode_ends"][0]),
+        checksummed=isinstance(attrs.get("checksums"), dict),
     )
 
 
