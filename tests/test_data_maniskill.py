@@ -319,11 +319,14 @@ def test_existing_output_needs_overwrite(demos, tmp_path, capsys):
         "--overwrite",
     )
     src = _state_file(demos, tmp_path)
-    code, out_text, _ = _run_cli(
-        ["data", "convert", "--src", str(src), "--out", str(out), "--overwrite", "--quiet"], capsys
-    )
+    argv = ["data", "convert", "--src", str(src), "--out", str(out), "--overwrite", "--quiet"]
+    _expect_cli_error(capsys, argv, "is not a zarr dataset", "not replaced")  # a folder we did not write survives
+    assert (out / "keep").exists()
+    shutil.rmtree(out)
+    shutil.copytree(conv.path, out)  # an earlier dataset is replaced
+    code, out_text, _ = _run_cli(argv, capsys)
     assert code == 0 and "kept 3" in out_text
-    assert read_info(out).num_episodes == 3 and not (out / "keep").exists()
+    assert read_info(out).num_episodes == 3
 
 
 def _state_file(demos, tmp_path) -> Path:
