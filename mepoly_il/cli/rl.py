@@ -131,25 +131,33 @@ def ppo_parser(env: str | None = None, head: str | None = None):
     return p
 
 
-def run_ppo(argv: list[str]) -> dict:
-    """Parse `rl ppo` options, train + evaluate one run and build ``--out`` atomically. Returns the metrics."""
-    import numpy as np
-    import torch
-
-    from mepoly_il.eval.rl_eval import RL_EVAL_SEED_OFFSET, eval_bandit, eval_smoothworld, variant_name
-    from mepoly_il.rl.heads import make_head
-    from mepoly_il.rl.ppo import ActorCritic, train_ppo
-    from mepoly_il.utils import atomic_path, check_output_path, write_json_atomic
+def parse_ppo(argv: list[str]):
+    """`rl ppo` options -> (namespace with env/head/seed/out/overwrite/quiet, PPOConfig, HeadConfig, EnvConfig,
+    RLEvalConfig): preset values under explicit ones, each dataclass validated (UserError on a bad value)."""
+    from mepoly_il.eval.rl_eval import RL_EVAL_SEED_OFFSET
 
     argv = _underscored(argv)
     env_name = _peek(argv, "--env")
     if env_name is not None:
         parse_env(env_name)  # an unknown env is named before anything else
     ns = _parse(ppo_parser(env_name, _peek(argv, "--head")), argv)
-    kind, task = parse_env(ns.env)
-    ppo_cfg, head_cfg, env_cfg, eval_cfg = (cls(**{f.name: ns[f.name] for f in fields(cls)}) for cls in _sections())
     if not 0 <= ns.seed < RL_EVAL_SEED_OFFSET:
         raise UserError(f"--seed {ns.seed}: must lie in [0, {RL_EVAL_SEED_OFFSET}) so evaluation seeds never repeat it")
+    return (ns, *(cls(**{f.name: ns[f.name] for f in fields(cls)}) for cls in _sections()))
+
+
+def run_ppo(argv: list[str]) -> dict:
+    """Parse `rl ppo` options, train + evaluate one run and build ``--out`` atomically. Returns the metrics."""
+    import numpy as np
+    import torch
+
+    from mepoly_il.eval.rl_eval import eval_bandit, eval_smoothworld, variant_name
+    from mepoly_il.rl.heads import make_head
+    from mepoly_il.rl.ppo import ActorCritic, train_ppo
+    from mepoly_il.utils import atomic_path, check_output_path, write_json_atomic
+
+    ns, ppo_cfg, head_cfg, env_cfg, eval_cfg = parse_ppo(argv)
+    kind, task = parse_env(ns.env)
     check_output_path(ns.out, ns.overwrite)
     torch.manual_seed(ns.seed)
     np.random.seed(ns.seed)
