@@ -4,7 +4,8 @@ All policies are built directly with random weights and identity normalizers (la
 at matched parameter counts: MePoly at the chosen scale, DP's UNet widths picked to come closest to MePoly's total.
 Each policy is warmed up, then ``predict_action_chunk`` is timed ``--repeats`` times per batch size, round-robin
 across the policies so that load changes on a shared machine hit all of them alike; the table shows medians and
-the ratios MePoly / DP. Goals (issue #5): MePoly <= 1/50 of DDPM-100 and <= 1/5 of DDIM-10.
+the ratios MePoly / DP. Goals (this project's targets for the paper's low-latency claim, §3.2): MePoly <= 1/50 of
+DDPM-100 and <= 1/5 of DDIM-10.
 
     mepoly-il bench latency                         # paper scale, batch 1 and 10, CPU (+ CUDA if present)
     mepoly-il bench latency --quick                 # tiny models, a smoke test (< 30 s)
@@ -27,7 +28,7 @@ from mepoly_il.policies.base import BasePolicy
 from mepoly_il.policies.diffusion.policy import DiffusionPolicy
 from mepoly_il.policies.diffusion.unet import ConditionalUnet1D
 
-#: Goals from issue #5: MePoly latency as a fraction of each DP variant's.
+#: Goals: MePoly latency as a fraction of each DP variant's.
 GOALS = {"ddpm": 1 / 50, "ddim": 1 / 5}
 
 #: MePoly sizes when no config is found. "paper": the constructor defaults (paper Appendix A); "quick": tiny.

@@ -3,7 +3,7 @@
 Each model is built from its own YAML (``configs/{dp,stage1,stage2}/<ENV>[-cpu].yaml``: model section and batch size)
 and trained by a real Lightning ``Trainer`` (forward, backward, optimizer, LR schedule, EMA update) on a synthetic
 dataset with the task's dimensions; a callback times every training step. Stage 2 starts from the stage-1 checkpoint
-written in the same run. Goal (issue #5): stage 1 + stage 2 per step no slower than DP per step, i.e. MePoly's two
+written in the same run. Goal: stage 1 + stage 2 per step no slower than DP per step, i.e. MePoly's two
 stages together cost no more than DP at the same step budget.
 
     mepoly-il bench train --scale cpu          # the -cpu configs (default)
