@@ -108,7 +108,6 @@ def ppo_parser(env: str | None = None, head: str | None = None):
     class Formatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
         """jsonargparse's help, with the presets epilog kept line by line."""
 
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help text
     p = ArgumentParser(
         prog="mepoly-il rl ppo",
         description="Train one PPO run and evaluate it; the run directory holds config.json, progress.csv, tb/,\n"
@@ -123,8 +122,13 @@ def ppo_parser(env: str | None = None, head: str | None = None):
     p.add_argument("--out", required=True, help="run directory (built atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    for cls in _sections():
-        p.add_class_arguments(cls, None, as_group=True)
+    # field docstrings become --help text; the switch is global in jsonargparse, so only for these classes
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    try:
+        for cls in _sections():
+            p.add_class_arguments(cls, None, as_group=True)
+    finally:
+        set_parsing_settings(docstring_parse_attribute_docstrings=False)
     if env is not None and head in PPO_HEADS:
         kind, task = parse_env(env)
         p.set_defaults(preset(kind, task, head))
