@@ -406,10 +406,10 @@ def test_read_source_requires_json_keys(tmp_path):
 
 @pytest.mark.sim
 def test_bench_data_smoke(tmp_path, capsys):
-    from mepoly_il.bench.data import main as bench_main
+    from mepoly_il.cli.bench import main as bench_main
 
     out = tmp_path / "bench.json"
-    assert bench_main(["--num-demos", "1", "--workers", "1", "--quiet", "--out", str(out)]) == 0
+    assert bench_main(["data", "--num-demos", "1", "--workers", "1", "--quiet", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     (row,) = result["rows"]
     assert row["workers"] == 1 and row["kept_after_convert"] == 1

@@ -157,11 +157,20 @@ def test_real_policy_classes_act_in_the_simulator(kind):
 def test_bench_eval_quick(tmp_path, capsys):
     import json
 
-    from mepoly_il.bench.eval import main as bench_main
+    from mepoly_il.cli.bench import main as bench_main
 
     assert (
         bench_main(
-            ["--quick", "--max-episode-steps", "8", "--reconfiguration-freq", "0", "--out", str(tmp_path / "b.json")]
+            [
+                "eval",
+                "--quick",
+                "--max-episode-steps",
+                "8",
+                "--reconfiguration-freq",
+                "0",
+                "--out",
+                str(tmp_path / "b.json"),
+            ]
         )
         == 0
     )

@@ -12,12 +12,12 @@ machine, mostly measure the other load) and one from the workers' CPU seconds, a
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 GOAL_DEMOS, GOAL_SECONDS = 1000, 180.0
@@ -63,25 +63,34 @@ def _run(env_id: str, n: int, workers: int, root: Path, quiet: bool) -> dict:
     }
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="mepoly-il bench data", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--env-id", default="PushCube-v1")
-    ap.add_argument("--num-demos", type=int, default=100)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--out", default="bench_data.json", help="JSON output path")
-    ap.add_argument("--keep", help="keep the generated files in this directory (default: a temp dir)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = ap.parse_args(argv)
+def benchmark(
+    *,
+    env_id: str = "PushCube-v1",
+    num_demos: int = 100,
+    workers: Sequence[int] = (1, 2),
+    out: str = "bench_data.json",
+    keep: str | None = None,
+    quiet: bool = False,
+) -> int:
+    """Generate + convert ``num_demos`` demos once per worker count, print the table and write the JSON.
 
+    Args:
+        env_id: ManiSkill task whose demos are generated
+        num_demos: demos per run, from seed 0
+        workers: worker counts to compare, one run each
+        out: JSON output path
+        keep: keep the generated files in this directory (default: a temp dir)
+        quiet: no progress bars
+    """
     rows = []
     with tempfile.TemporaryDirectory(prefix="mepoly-bench-data-") as tmp:
-        root = Path(args.keep) if args.keep else Path(tmp)
+        root = Path(keep) if keep else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        for w in args.workers:
-            rows.append(_run(args.env_id, args.num_demos, w, root, args.quiet))
+        for w in workers:
+            rows.append(_run(env_id, num_demos, w, root, quiet))
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{args.env_id}, {args.num_demos} demos from seed 0, cpu_count={os.cpu_count()}, load average now {load}")
+    print(f"\n{env_id}, {num_demos} demos from seed 0, cpu_count={os.cpu_count()}, load average now {load}")
     print(
         f"{'workers':>7} {'gen s':>7} {'gen demos/s':>11} {'conv s':>7} {'conv demos/s':>12} "
         f"{'CPU s/demo gen+conv':>20} {'1000 demos: wall proj.':>22} {'idle-core proj.':>16}"
@@ -108,8 +117,8 @@ def main(argv: list[str]) -> int:
     )
     result = {
         "bench": "data",
-        "env_id": args.env_id,
-        "num_demos": args.num_demos,
+        "env_id": env_id,
+        "num_demos": num_demos,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
         "load_avg_at_end": os.getloadavg(),
         "rows": rows,
@@ -122,6 +131,6 @@ def main(argv: list[str]) -> int:
     }
     from mepoly_il.utils import write_json_atomic
 
-    write_json_atomic(args.out, result)
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_json_atomic(out, result)
+    print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -16,10 +16,9 @@ Same envs, same run, same episode structure (explicit seeded resets, ``max_episo
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -102,53 +101,71 @@ def replay_steps_per_sec(env, seeds: list[int], actions: list[torch.Tensor]) -> 
     return {"steps": k * n, "sec": round(sec, 3), "steps_per_sec": round(k * n / sec, 1)}
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="mepoly-il bench eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--env-id", default="PushCube-v1")
-    ap.add_argument("--control-mode", default="pd_ee_delta_pos")
-    ap.add_argument("--num-envs", type=int, default=1, help="parallel envs (CPU: processes)")
-    ap.add_argument("--episodes", type=int, default=4, help="episodes per row")
-    ap.add_argument("--max-episode-steps", type=int, default=None, help="default: the task's protocol length")
-    ap.add_argument("--reconfiguration-freq", type=int, default=1, help="1 = protocol; 0 isolates stepping cost")
-    ap.add_argument("--policies", default="linear,mepoly,dp", help="comma-separated: linear, mepoly, dp")
-    ap.add_argument("--dp-inference", default="ddim", choices=["ddim", "ddpm"])
-    ap.add_argument("--dp-steps", type=int, default=10, help="denoising steps of the dp row (DDPM: 100)")
-    ap.add_argument("--sim-backend", default="physx_cpu", choices=["auto", "physx_cpu", "physx_cuda"])
-    ap.add_argument("--device", default="cpu", help="policy device")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best round of each row is kept")
-    ap.add_argument("--quick", action="store_true", help="smoke test: 1 episode of 16 steps, linear policy only")
-    ap.add_argument("--out", default="bench_eval.json", help="JSON output path")
-    args = ap.parse_args(argv)
+def benchmark(
+    *,
+    env_id: str = "PushCube-v1",
+    control_mode: str = "pd_ee_delta_pos",
+    num_envs: int = 1,
+    episodes: int = 4,
+    max_episode_steps: int | None = None,
+    reconfiguration_freq: int = 1,
+    policies: str = "linear,mepoly,dp",
+    dp_inference: Literal["ddim", "ddpm"] = "ddim",
+    dp_steps: int = 10,
+    sim_backend: Literal["auto", "physx_cpu", "physx_cuda"] = "physx_cpu",
+    device: str = "cpu",
+    threads: int | None = None,
+    repeats: int = 3,
+    quick: bool = False,
+    out: str = "bench_eval.json",
+    command: str = "mepoly-il bench eval",
+) -> int:
+    """Measure raw, replayed and policy-driven env steps/s in the same envs, print the table and write the JSON.
 
+    Args:
+        env_id: ManiSkill task
+        control_mode: controller of the env
+        num_envs: parallel envs (CPU: processes)
+        episodes: episodes per row
+        max_episode_steps: steps per episode (default: the task's protocol length)
+        reconfiguration_freq: 1 = protocol; 0 isolates stepping cost
+        policies: comma-separated: linear, mepoly, dp
+        dp_inference: DP sampler of the dp row: ddim or ddpm
+        dp_steps: denoising steps of the dp row (DDPM: 100)
+        sim_backend: auto, physx_cpu or physx_cuda
+        device: policy device
+        threads: torch intra-op threads (default: torch's choice)
+        repeats: interleaved rounds; the best round of each row is kept
+        quick: smoke test: 1 episode of 16 steps, linear policy only
+        out: JSON output path
+        command: the command line recorded in the JSON
+    """
     from mepoly_il.envs.maniskill import make_eval_env
     from mepoly_il.eval.rollout import env_spec_for, eval_seeds, run_episodes
     from mepoly_il.utils import write_json_atomic
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.episodes, args.max_episode_steps, args.policies = 1, args.max_episode_steps or 16, "linear"
-        args.repeats = 1
-    kinds = [k.strip() for k in args.policies.split(",") if k.strip()]
-    meta = {"env_id": args.env_id, "control_mode": args.control_mode, "obs_mode": "state"}
-    spec = env_spec_for(meta, args.max_episode_steps, args.sim_backend, args.reconfiguration_freq)
-    seeds = eval_seeds(0, args.episodes)
+    if threads:
+        torch.set_num_threads(threads)
+    if quick:
+        episodes, max_episode_steps, policies = 1, max_episode_steps or 16, "linear"
+        repeats = 1
+    kinds = [k.strip() for k in policies.split(",") if k.strip()]
+    meta = {"env_id": env_id, "control_mode": control_mode, "obs_mode": "state"}
+    spec = env_spec_for(meta, max_episode_steps, sim_backend, reconfiguration_freq)
+    seeds = eval_seeds(0, episodes)
     t_make = time.perf_counter()
-    with make_eval_env(spec, num_envs=min(args.num_envs, args.episodes)) as env:
+    with make_eval_env(spec, num_envs=min(num_envs, episodes)) as env:
         make_sec = time.perf_counter() - t_make
-        policies = {k: build_policy(k, env.obs_dim, env.act_dim, args.dp_inference, args.dp_steps) for k in kinds}
+        built = {k: build_policy(k, env.obs_dim, env.act_dim, dp_inference, dp_steps) for k in kinds}
         rng = np.random.default_rng(0)
         raw_steps_per_sec(env, seeds[:1], rng)  # warm-up: first resets and steps are slower
         # Rows are interleaved over `repeats` rounds and the best round is kept: the machine may be shared, and
         # the least-disturbed round is the closest to the true cost (as timeit takes the minimum).
         rounds: dict[str, list[dict[str, Any]]] = {"raw": []}
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             rounds["raw"].append(raw_steps_per_sec(env, seeds, rng))
-            for kind, policy in policies.items():
-                policy.to(args.device)
+            for kind, policy in built.items():
+                policy.to(device)
                 recorder = _Recorder(env)
                 result = run_episodes(policy, recorder, seeds)
                 rounds.setdefault(kind, []).append(
@@ -164,8 +181,8 @@ def main(argv: list[str]) -> int:
     best = {k: max(v, key=lambda r: r["steps_per_sec"]) for k, v in rounds.items()}
     raw_sps = best["raw"]["steps_per_sec"]
     rows: list[dict[str, Any]] = [{"name": "raw (random actions)", **best["raw"], "ratio": 1.0}]
-    for kind, policy in policies.items():
-        label = kind if kind != "dp" else f"dp ({args.dp_inference}-{args.dp_steps})"
+    for kind, policy in built.items():
+        label = kind if kind != "dp" else f"dp ({dp_inference}-{dp_steps})"
         n_params = sum(p.numel() for p in policy.parameters())
         replay = best[f"{kind}/replay"]
         rows.append(
@@ -184,25 +201,25 @@ def main(argv: list[str]) -> int:
                 "ratio_vs_replay": round(best[kind]["steps_per_sec"] / replay["steps_per_sec"], 3),
             }
         )
-    out = {
+    result = {
         "bench": "eval",
         "env_id": spec.env_id,
         "control_mode": spec.control_mode,
         "sim_backend": spec.sim_backend,
-        "num_envs": min(args.num_envs, args.episodes),
-        "episodes": args.episodes,
+        "num_envs": min(num_envs, episodes),
+        "episodes": episodes,
         "max_episode_steps": spec.max_episode_steps,
         "reconfiguration_freq": spec.reconfiguration_freq,
         "env_make_sec": round(make_sec, 2),
         "torch_threads": torch.get_num_threads(),
-        "repeats": args.repeats,
+        "repeats": repeats,
         "rows": rows,
         "rounds": rounds,
         "goal": "rollout >= 0.8 x raw steps/s (linear policy: the evaluator's own overhead)",
-        "command": "mepoly-il bench eval " + " ".join(argv),
+        "command": command,
     }
     print(
-        f"bench eval: {spec.env_id} {spec.sim_backend} num_envs={out['num_envs']} episodes={args.episodes} "
+        f"bench eval: {spec.env_id} {spec.sim_backend} num_envs={result['num_envs']} episodes={episodes} "
         f"x {spec.max_episode_steps} steps, reconfiguration_freq={spec.reconfiguration_freq}"
     )
     print("| rollout | params | env steps/s | vs raw random | vs same actions replayed | policy s | env s |")
@@ -214,7 +231,7 @@ def main(argv: list[str]) -> int:
             f"{r.get('policy_sec', '-')} | {r.get('env_sec', r['sec'])} |"
         )
     spread = [r["steps_per_sec"] for r in rounds["raw"]]
-    print(f"best of {args.repeats} interleaved rounds; raw steps/s per round: {spread} (machine noise)")
-    write_json_atomic(args.out, out)
-    print(f"wrote {args.out}", file=sys.stderr)
+    print(f"best of {repeats} interleaved rounds; raw steps/s per round: {spread} (machine noise)")
+    write_json_atomic(out, result)
+    print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -4,7 +4,8 @@ All policies are built directly with random weights and identity normalizers (la
 at matched parameter counts: MePoly at the chosen scale, DP's UNet widths picked to come closest to MePoly's total.
 Each policy is warmed up, then ``predict_action_chunk`` is timed ``--repeats`` times per batch size, round-robin
 across the policies so that load changes on a shared machine hit all of them alike; the table shows medians and
-the ratios MePoly / DP. Goals (issue #5): MePoly <= 1/50 of DDPM-100 and <= 1/5 of DDIM-10.
+the ratios MePoly / DP. Goals (this project's targets for the paper's low-latency claim, §3.2): MePoly <= 1/50 of
+DDPM-100 and <= 1/5 of DDIM-10.
 
     mepoly-il bench latency                         # paper scale, batch 1 and 10, CPU (+ CUDA if present)
     mepoly-il bench latency --quick                 # tiny models, a smoke test (< 30 s)
@@ -12,12 +13,12 @@ the ratios MePoly / DP. Goals (issue #5): MePoly <= 1/50 of DDPM-100 and <= 1/5 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -27,7 +28,7 @@ from mepoly_il.policies.base import BasePolicy
 from mepoly_il.policies.diffusion.policy import DiffusionPolicy
 from mepoly_il.policies.diffusion.unet import ConditionalUnet1D
 
-#: Goals from issue #5: MePoly latency as a fraction of each DP variant's.
+#: Goals: MePoly latency as a fraction of each DP variant's.
 GOALS = {"ddpm": 1 / 50, "ddim": 1 / 5}
 
 #: MePoly sizes when no config is found. "paper": the constructor defaults (paper Appendix A); "quick": tiny.
@@ -222,56 +223,74 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="mepoly-il bench latency", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 10], help="batch sizes to time")
-    ap.add_argument("--ddim-steps", type=int, default=10, help="k for the DP-DDIMk row")
-    ap.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, plus CUDA when available"
-    )
-    ap.add_argument("--scale", choices=sorted(MEPOLY_SCALES), default="paper", help="MePoly size (DP is matched)")
-    ap.add_argument("--obs-dim", type=int, default=35, help="observation width (PushCube-v1 state: 35)")
-    ap.add_argument("--act-dim", type=int, default=4, help="action width (pd_ee_delta_pos: 4)")
-    ap.add_argument("--horizons", type=int, nargs=3, default=[2, 8, 16], metavar=("TO", "TA", "T"))
-    ap.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (DDPM-100: 1)")
-    ap.add_argument("--repeats", type=int, default=20, help="timed calls per MePoly/DDIM row")
-    ap.add_argument("--ddpm-repeats", type=int, default=5, help="timed calls per DDPM-100 row (slow)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    ap.add_argument("--quick", action="store_true", help="tiny models, batch 1, few repeats (smoke test)")
-    ap.add_argument("--out", default="bench_latency.json", help="JSON output path")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.scale, args.batch, args.repeats, args.ddpm_repeats, args.warmup = "quick", [1], 3, 1, 1
-    if min(args.batch) < 1:
-        raise UserError(f"--batch {args.batch}: batch sizes must be >= 1")
-    if not 1 <= args.ddim_steps <= 100:
-        raise UserError(f"--ddim-steps {args.ddim_steps}: must be in [1, 100] (DP trains with 100 steps)")
-    if args.device == "cuda" and not torch.cuda.is_available():
+def benchmark(
+    *,
+    batch: Sequence[int] = (1, 10),
+    ddim_steps: int = 10,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    scale: str = "paper",
+    obs_dim: int = 35,
+    act_dim: int = 4,
+    horizons: tuple[int, int, int] = (2, 8, 16),
+    warmup: int = 3,
+    repeats: int = 20,
+    ddpm_repeats: int = 5,
+    threads: int | None = None,
+    quick: bool = False,
+    out: str = "bench_latency.json",
+    command: str = "mepoly-il bench latency",
+) -> int:
+    """Time every policy's ``predict_action_chunk``, print the table and write the JSON.
+
+    Args:
+        batch: batch sizes to time
+        ddim_steps: k for the DP-DDIMk row
+        device: auto (CPU, plus CUDA when available), cpu or cuda
+        scale: MePoly size (DP is matched)
+        obs_dim: observation width (PushCube-v1 state: 35)
+        act_dim: action width (pd_ee_delta_pos: 4)
+        horizons: obs, action and prediction horizons (To, Ta, T)
+        warmup: untimed calls before timing (DDPM-100: 1)
+        repeats: timed calls per MePoly/DDIM row
+        ddpm_repeats: timed calls per DDPM-100 row (slow)
+        threads: torch intra-op threads (default: torch's choice)
+        quick: tiny models, batch 1, few repeats (smoke test)
+        out: JSON output path
+        command: the command line recorded in the JSON
+    """
+    batch = list(batch)
+    if quick:
+        scale, batch, repeats, ddpm_repeats, warmup = "quick", [1], 3, 1, 1
+    if min(batch) < 1:
+        raise UserError(f"--batch {batch}: batch sizes must be >= 1")
+    if not 1 <= ddim_steps <= 100:
+        raise UserError(f"--ddim-steps {ddim_steps}: must be in [1, 100] (DP trains with 100 steps)")
+    if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
-    devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else [args.device]
+    devices = ["cpu", "cuda"] if device == "auto" and torch.cuda.is_available() else [device]
     devices = ["cpu"] if devices == ["auto"] else devices
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         from mepoly_il.policies.mepoly.policy import MePolyPolicy  # noqa: F401
     except ImportError as err:
         raise UserError(f"MePoly policy is not importable ({err}); this benchmark compares MePoly with DP") from None
     result = run(
-        args.batch,
-        args.ddim_steps,
+        batch,
+        ddim_steps,
         devices,
-        args.scale,
-        args.obs_dim,
-        args.act_dim,
-        tuple(args.horizons),
-        args.warmup,
-        args.repeats,
-        args.ddpm_repeats,
+        scale,
+        obs_dim,
+        act_dim,
+        tuple(horizons),
+        warmup,
+        repeats,
+        ddpm_repeats,
     )
-    result["command"] = "mepoly-il bench latency " + " ".join(argv)
+    result["command"] = command
     print(format_table(result))
     from mepoly_il.utils import write_json_atomic
 
-    write_json_atomic(args.out, result)
-    print(f"\nwrote {args.out}", file=sys.stderr)
+    write_json_atomic(out, result)
+    print(f"\nwrote {out}", file=sys.stderr)
     return 0

@@ -10,9 +10,9 @@ single-threaded on CPU unless ``--threads`` says otherwise; timings are medians.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -105,29 +105,42 @@ def bench_mepoly(orders, nodes_list, rows: int, repeats: int) -> list[dict]:
     return out
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="mepoly-il bench rl", description=__doc__.splitlines()[0])
-    p.add_argument("--num-envs", type=int, default=128)
-    p.add_argument("--num-steps", type=int, default=16)
-    p.add_argument("--iterations", type=int, default=4, help="PPO iterations per head (first one is dropped)")
-    p.add_argument("--layout", default="two_walls")
-    p.add_argument("--orders", type=int, nargs="+", default=[2, 6, 10, 14])
-    p.add_argument("--nodes", type=int, nargs="+", default=[16, 32, 64, 128])
-    p.add_argument("--rows", type=int, default=256, help="distinct states per MePoly call")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
+def benchmark(
+    *,
+    num_envs: int = 128,
+    num_steps: int = 16,
+    iterations: int = 4,
+    layout: str = "two_walls",
+    orders: Sequence[int] = (2, 6, 10, 14),
+    nodes: Sequence[int] = (16, 32, 64, 128),
+    rows: int = 256,
+    repeats: int = 3,
+    threads: int = 1,
+    out: str | None = None,
+) -> int:
+    """Run both parts, print their tables and optionally write the JSON.
 
+    Args:
+        num_envs: Smooth World envs per PPO rollout
+        num_steps: steps per env per rollout
+        iterations: PPO iterations per head (the first one is dropped)
+        layout: Smooth World layout
+        orders: MePoly orders K to time
+        nodes: quadrature nodes per dimension to time
+        rows: distinct states per MePoly call
+        repeats: timed calls per MePoly measurement (median)
+        threads: torch intra-op threads
+        out: write the results as JSON here
+    """
     import torch
 
     from mepoly_il.utils import write_json_atomic
 
-    torch.set_num_threads(args.threads)
-    heads = bench_heads(args.num_envs, args.num_steps, args.iterations, args.layout)
+    torch.set_num_threads(threads)
+    heads = bench_heads(num_envs, num_steps, iterations, layout)
     print(
-        f"PPO iteration, Smooth World {args.layout}, batch {heads[0]['batch']} (4 epochs x 4 minibatches), "
-        f"{args.threads} thread(s)"
+        f"PPO iteration, Smooth World {layout}, batch {heads[0]['batch']} (4 epochs x 4 minibatches), "
+        f"{threads} thread(s)"
     )
     print(f"{'head':<10}{'rollout s':>11}{'update s':>10}{'iter s':>9}{'x gauss':>9}")
     for r in heads:
@@ -135,13 +148,13 @@ def main(argv: list[str]) -> int:
             f"{r['head']:<10}{r['rollout_s']:>11.3f}{r['update_s']:>10.3f}{r['iteration_s']:>9.3f}"
             f"{r['ratio_vs_gaussian']:>9.2f}"
         )
-    poly = bench_mepoly(args.orders, args.nodes, args.rows, args.repeats)
-    print(f"\nMePoly head, {args.rows} distinct states: log_prob + exact entropy fwd+bwd, and one sample each")
+    poly = bench_mepoly(orders, nodes, rows, repeats)
+    print(f"\nMePoly head, {rows} distinct states: log_prob + exact entropy fwd+bwd, and one sample each")
     print(f"{'K':>3}{'feat':>6}{'nodes/dim':>11}{'fwd+bwd ms':>12}{'sample ms':>11}")
     for r in poly:
         print(
             f"{r['order']:>3}{r['features']:>6}{r['nodes_per_dim']:>11}{r['fwd_bwd_ms']:>12.1f}{r['sample_ms']:>11.1f}"
         )
-    if args.out:
-        write_json_atomic(Path(args.out), {"heads": heads, "mepoly": poly, "threads": args.threads})
+    if out:
+        write_json_atomic(Path(out), {"heads": heads, "mepoly": poly, "threads": threads})
     return 0

@@ -3,7 +3,7 @@
 Each model is built from its own YAML (``configs/{dp,stage1,stage2}/<ENV>[-cpu].yaml``: model section and batch size)
 and trained by a real Lightning ``Trainer`` (forward, backward, optimizer, LR schedule, EMA update) on a synthetic
 dataset with the task's dimensions; a callback times every training step. Stage 2 starts from the stage-1 checkpoint
-written in the same run. Goal (issue #5): stage 1 + stage 2 per step no slower than DP per step, i.e. MePoly's two
+written in the same run. Goal: stage 1 + stage 2 per step no slower than DP per step, i.e. MePoly's two
 stages together cost no more than DP at the same step budget.
 
     mepoly-il bench train --scale cpu          # the -cpu configs (default)
@@ -13,14 +13,13 @@ stages together cost no more than DP at the same step budget.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -204,32 +203,47 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="mepoly-il bench train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scale", choices=["cpu", "paper"], default="cpu", help="configs <ENV>-cpu.yaml or <ENV>.yaml")
-    ap.add_argument("--env", default="PushCube-v1", help="task whose configs and dimensions are used")
-    ap.add_argument("--steps", type=int, default=20, help="timed training steps per model")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, first-call overheads)")
-    ap.add_argument("--batch-size", type=int, default=None, help="override every config's data.batch_size")
-    ap.add_argument("--config-dir", default=None, help="folder with dp/, stage1/, stage2/ configs (default: repo's)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    ap.add_argument("--quick", action="store_true", help="smoke test: cpu configs, batch 32, 3 timed steps")
-    ap.add_argument("--out", default="bench_train.json", help="JSON output path")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.scale, args.steps, args.warmup, args.batch_size = "cpu", 3, 1, args.batch_size or 32
-    if args.steps < 1 or args.warmup < 0:
-        raise UserError(f"--steps {args.steps} / --warmup {args.warmup}: need steps >= 1 and warmup >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config_dir = Path(args.config_dir) if args.config_dir else REPO / "configs"
+def benchmark(
+    *,
+    scale: Literal["cpu", "paper"] = "cpu",
+    env: str = "PushCube-v1",
+    steps: int = 20,
+    warmup: int = 3,
+    batch_size: int | None = None,
+    config_dir: str | None = None,
+    threads: int | None = None,
+    quick: bool = False,
+    out: str = "bench_train.json",
+    command: str = "mepoly-il bench train",
+) -> int:
+    """Time training steps of DP, stage 1 and stage 2, print the table and write the JSON.
+
+    Args:
+        scale: cpu or paper: configs <ENV>-cpu.yaml or <ENV>.yaml
+        env: task whose configs and dimensions are used
+        steps: timed training steps per model
+        warmup: untimed steps first (allocator, first-call overheads)
+        batch_size: override every config's data.batch_size
+        config_dir: folder with dp/, stage1/, stage2/ configs (default: the repo's)
+        threads: torch intra-op threads (default: torch's choice)
+        quick: smoke test: cpu configs, batch 32, 3 timed steps
+        out: JSON output path
+        command: the command line recorded in the JSON
+    """
+    if quick:
+        scale, steps, warmup, batch_size = "cpu", 3, 1, batch_size or 32
+    if steps < 1 or warmup < 0:
+        raise UserError(f"--steps {steps} / --warmup {warmup}: need steps >= 1 and warmup >= 0")
+    if threads:
+        torch.set_num_threads(threads)
+    config_dir = Path(config_dir) if config_dir else REPO / "configs"
     if not config_dir.is_dir():
         config_dir = Path.cwd() / "configs"
-    result = run(args.env, args.scale, args.steps, args.warmup, args.batch_size, config_dir)
-    result["command"] = "mepoly-il bench train " + " ".join(argv)
+    result = run(env, scale, steps, warmup, batch_size, config_dir)
+    result["command"] = command
     print(format_table(result))
     from mepoly_il.utils import write_json_atomic
 
-    write_json_atomic(args.out, result)
-    print(f"\nwrote {args.out}", file=sys.stderr)
+    write_json_atomic(out, result)
+    print(f"\nwrote {out}", file=sys.stderr)
     return 0

@@ -1,5 +1,5 @@
 """The MePoly bandit: one dummy state, a 2-D action in [-1, 1]^2, reward = Gaussian kernel of the distance to
-the nearest point of a target cloud (paper §5.2 Eq. 15; anchor-mepoly-rl.md §3.1).
+the nearest point of a target cloud (MePoly paper §5.2, Eq. 15).
 
 ``r(a) = exp(-d(a)^2 / (2 sigma^2))`` with ``d(a) = min_i ||clip(a) - x_i||`` over ``num_points`` target
 points drawn once from :data:`mepoly_il.envs.targets.TARGETS` with ``cloud_seed`` (the authors reseed the

@@ -1,4 +1,5 @@
-"""Smooth World: the continuous 25x25 navigation map of the MePoly paper (§5.1; anchor-mepoly-rl.md §4).
+"""Smooth World: the continuous 25x25 navigation map of the MePoly paper (§5.1), with the map, dynamics and
+layouts of the authors' public code (github.com/UMich-CURLY/MePoly, smoothworld/envs/smoothworld.py).
 
 State: position ``p`` in ``[0, 25)^2`` (x = column, y = row, cell ``[x, x+1) x [y, y+1)``); observation ``(p -
 12.5) / 12.5`` in ``[-1, 1)^2``. Action: velocity in ``[-1, 1]^2``. One step:
@@ -111,7 +112,7 @@ def make_layout(name: str) -> Layout:
         _block(death, range(11, 14), range(11, 14))
         for k, (cx, cy) in enumerate(((12, 18), (7, 7), (17, 7))):
             _block(goal, range(cx - 1, cx + 2), range(cy - 1, cy + 2), ids, k)
-        # The authors' eval start (12.5, 12.5) is inside the death block (anchor §7.18); kept for fidelity.
+        # The authors' eval start (12.5, 12.5) is inside the death block; kept for fidelity.
         return Layout(name, wall, goal, death, (12.5, 12.5), ("top", "bottom_left", "bottom_right"), ids)
     raise ValueError(f"unknown Smooth World layout {name!r}; choose one of {LAYOUTS}")
 
@@ -119,8 +120,8 @@ def make_layout(name: str) -> Layout:
 LAYOUTS = ("two_walls", "four_walls", "tree_in_the_middle", "two_slits", "cshape", "three_goals")
 BENCHMARK_LAYOUTS = ("two_walls", "four_walls", "tree_in_the_middle", "two_slits", "cshape")
 
-# Minimum steps from the eval start per class (BFS over the 8 max-speed moves, anchor-mepoly-rl.md §4.1);
-# :func:`bfs_min_steps` recomputes them.
+# Minimum steps from the eval start per class: a BFS over the 8 max-speed moves (a quarter cell per axis per step),
+# run per route with the other routes blocked; :func:`bfs_min_steps` recomputes them.
 SHORTEST_STEPS = {
     "two_walls": {"top": 42, "bottom": 43},
     "four_walls": {"top": 38, "right": 38, "left": 39, "bottom": 39},
@@ -265,7 +266,7 @@ def bfs_min_steps(layout: Layout, start: tuple[float, float] | None = None) -> d
     Each reached goal point is classified (:func:`classify`) on its BFS path. Exact per class when classes are
     goals (two_walls, four_walls, three_goals). For route classes (tree, slits, cshape) each lattice point
     keeps only its first path, so a class can be missing or too long; :data:`SHORTEST_STEPS` holds the
-    per-route minima (anchor-mepoly-rl.md §4.1), which this function reproduces for two_slits and cshape.
+    per-route minima, which this function reproduces for two_slits and cshape.
     """
     start = np.asarray(layout.eval_start if start is None else start, dtype=np.float64)
     moves = np.array([(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)], dtype=np.float64)

@@ -1,4 +1,5 @@
-"""2-D target point clouds of the MePoly bandit experiment (anchor-mepoly-rl.md §3.1).
+"""2-D target point clouds of the MePoly bandit experiment (paper §5.2: the lemniscate and the two moons), with
+the shapes and noise of the authors' public code (github.com/UMich-CURLY/MePoly, bandit/utils/bandit.py).
 
 Both generators return ``(n, 2)`` float64 arrays in ``[-1, 1]^2``: the noise-free curve, plus isotropic
 ``N(0, noise^2)`` noise, clipped to the box (the authors clip too, so a few points sit exactly on the edge).

@@ -1,6 +1,6 @@
 """Maximum-likelihood fit of 2-D polynomial densities to the bandit point clouds (re-measures the paper's Fig. 3).
 
-For every (target, basis, order): draw ``n_train`` target points (anchor-mepoly-rl.md §3.1 shapes), fit the
+For every (target, basis, order): draw ``n_train`` target points (:mod:`mepoly_il.envs.targets`), fit the
 natural params of ``PolynomialFamily(2, order, basis)`` by full-batch Adam on the negative log-likelihood
 ``-<lam, mean T(x_i)> + log Z(lam)`` (unconstrained: no clip, so the monomial basis is not handicapped by a
 bound on its much larger coefficients), then measure the total-variation distance between the model's bin

@@ -10,7 +10,6 @@ Reads every run directory (one with ``metrics.json`` + ``config.json``) under th
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -282,18 +281,17 @@ def plot_curves(runs, envs, variants, key: str, path: Path, ylabel: str) -> None
     plt.close(fig)
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="mepoly-il rl report", description=__doc__.splitlines()[0])
-    p.add_argument("roots", nargs="+", help="run roots (directories searched for metrics.json)")
-    p.add_argument("--out", required=True, help="output directory for tables and plots")
-    p.add_argument("--overwrite", action="store_true", help="replace files in --out")
-    args = p.parse_args(argv)
-    runs = load_runs(args.roots)
+def write_report(roots: list[str | Path], out: str | Path, overwrite: bool = False) -> int:
+    """Write the tables and plots of every finished run under ``roots`` into ``out``; return the number of runs.
+    An existing report in ``out`` is replaced only with ``overwrite``."""
+    runs = load_runs(roots)
     if not runs:
-        raise UserError(f"{', '.join(args.roots)}: no finished runs (metrics.json) found; run `mepoly-il rl sweep`")
-    out = Path(args.out)
+        raise UserError(
+            f"{', '.join(map(str, roots))}: no finished runs (metrics.json) found; run `mepoly-il rl sweep`"
+        )
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "runs.csv").exists() and not args.overwrite:
+    if (out / "runs.csv").exists() and not overwrite:
         raise UserError(f"{out}: a report already exists; pass --overwrite to replace it")
     groups = _group(runs)
     envs = sorted({m["env"] for (m) in (r["metrics"] for r in runs)})
@@ -327,5 +325,4 @@ def main(argv: list[str]) -> int:
             out / "learning_curves_smoothworld.png",
             "success (finished training episodes)",
         )
-    print(f"rl report: {len(runs)} runs -> {out}")
-    return 0
+    return len(runs)

@@ -25,38 +25,71 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from mepoly_il.errors import UserError
+from mepoly_il.rl.config import check_flag
 from mepoly_il.rl.heads import PolicyHead, mlp
 
 
 @dataclass
 class PPOConfig:
-    """PPO settings (defaults: the authors' Smooth World values where they exist)."""
+    """PPO settings.
 
-    num_envs: int = 16  # parallel envs per rollout
-    num_steps: int = 128  # steps per env per rollout; batch = num_envs * num_steps
-    iterations: int = 100  # rollout + update cycles
-    lr: float = 3e-4  # Adam learning rate (actor and critic)
-    weight_decay: float = 0.0  # Adam weight decay (the authors' bandit MePoly uses 1e-5)
-    anneal_lr: bool = False  # linear lr decay to 0 over the run
-    gamma: float = 0.99  # discount
-    gae_lambda: float = 0.98  # GAE lambda (authors: 0.98)
-    num_minibatches: int = 4  # minibatches per epoch (batch must divide evenly)
-    update_epochs: int = 10  # passes over the batch per iteration
-    clip_coef: float = 0.2  # PPO ratio clip
-    ent_coef: float = 0.0  # entropy bonus weight (ignored by heads without entropy)
-    vf_coef: float = 0.5  # value loss weight
-    max_grad_norm: float = 0.5  # global grad-norm clip
-    target_kl: float | None = 0.02  # stop the update after an epoch whose mean approx KL exceeds this
-    norm_adv: bool = True  # normalise advantages over the whole batch
+    Defaults are the authors' Smooth World values where they exist; the per-env budgets of the published runs
+    are :data:`mepoly_il.rl.config.RL_PRESETS`.
+    """
+
+    num_envs: int = 16
+    """parallel envs per rollout"""
+    num_steps: int = 128
+    """steps per env per rollout; the batch is num_envs * num_steps"""
+    iterations: int = 100
+    """rollout + update cycles"""
+    lr: float = 3e-4
+    """Adam learning rate (actor and critic)"""
+    weight_decay: float = 0.0
+    """Adam weight decay (the authors' bandit MePoly used 1e-5)"""
+    anneal_lr: bool = False
+    """decay the learning rate linearly to 0 over the run"""
+    gamma: float = 0.99
+    """discount"""
+    gae_lambda: float = 0.98
+    """GAE lambda"""
+    num_minibatches: int = 4
+    """minibatches per epoch; must divide num_envs * num_steps"""
+    update_epochs: int = 10
+    """passes over each batch per iteration"""
+    clip_coef: float = 0.2
+    """PPO ratio clip"""
+    ent_coef: float = 0.0
+    """entropy bonus weight (heads without an entropy ignore it)"""
+    vf_coef: float = 0.5
+    """value loss weight"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip"""
+    target_kl: float | None = 0.02
+    """stop an update after an epoch whose mean approx KL exceeds this (null: never)"""
+    norm_adv: bool = True
+    """normalise advantages over the whole batch"""
 
     @property
     def batch_size(self) -> int:
         return self.num_envs * self.num_steps
 
     def __post_init__(self) -> None:
+        for name in ("num_envs", "num_steps", "iterations", "num_minibatches", "update_epochs"):
+            check_flag(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1")
+        for name in ("lr", "clip_coef", "max_grad_norm"):
+            check_flag(name, getattr(self, name), getattr(self, name) > 0, "must be > 0")
+        for name in ("weight_decay", "ent_coef", "vf_coef"):
+            check_flag(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0")
+        for name in ("gamma", "gae_lambda"):
+            check_flag(name, getattr(self, name), 0 <= getattr(self, name) <= 1, "must lie in [0, 1]")
+        if self.target_kl is not None:
+            check_flag("target_kl", self.target_kl, self.target_kl > 0, "must be > 0 (or null to disable the stop)")
         if self.batch_size % self.num_minibatches:
-            raise ValueError(
-                f"num_envs*num_steps={self.batch_size} must be divisible by num_minibatches={self.num_minibatches}"
+            raise UserError(
+                f"--num-minibatches {self.num_minibatches}: the batch num_envs*num_steps = {self.num_envs}*"
+                f"{self.num_steps} = {self.batch_size} is not divisible by it; choose a divisor of {self.batch_size}"
             )
 
 

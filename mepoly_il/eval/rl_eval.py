@@ -1,0 +1,112 @@
+"""Evaluation of a trained RL policy: bandit samples and Smooth World episodes, scored by
+:mod:`mepoly_il.eval.rl_metrics`.
+
+Seeds: a run with training seed ``s`` seeds torch, numpy and its environments with ``s`` itself. Evaluation draws
+from ``RL_EVAL_SEED_OFFSET + s`` (policy sampling) and ``RL_EVAL_START_SEED_OFFSET + s`` (Smooth World's uniform
+starts), so as long as training seeds stay below :data:`RL_EVAL_SEED_OFFSET` (the CLI enforces it) no evaluation
+stream repeats a training stream of any run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mepoly_il.rl.config import HeadConfig, check_flag
+
+#: torch seed of evaluation sampling = RL_EVAL_SEED_OFFSET + training seed; training seeds must stay below it.
+RL_EVAL_SEED_OFFSET = 10_000
+#: numpy seed of Smooth World's uniform evaluation starts = RL_EVAL_START_SEED_OFFSET + training seed.
+RL_EVAL_START_SEED_OFFSET = 20_000
+#: Samples drawn at the eval start to measure the within-policy spread of directions (8 sectors of 45 degrees).
+START_ACTION_SAMPLES = 4096
+
+
+@dataclass
+class RLEvalConfig:
+    """Evaluation budget."""
+
+    eval_samples: int = 4096
+    """bandit: policy samples scored against the target cloud"""
+    eval_episodes: int = 200
+    """Smooth World: episodes from the fixed eval start, and as many from uniform starts"""
+
+    def __post_init__(self) -> None:
+        check_flag("eval_samples", self.eval_samples, self.eval_samples >= 1, "must be >= 1")
+        check_flag("eval_episodes", self.eval_episodes, self.eval_episodes >= 1, "must be >= 1")
+
+
+def variant_name(head: str, head_cfg: HeadConfig) -> str:
+    """Run-group name of the reports: the head name, or ``mepoly-K<order>-<basis>`` for MePoly."""
+    return f"mepoly-K{head_cfg.order}-{head_cfg.basis}" if head == "mepoly" else head
+
+
+def eval_bandit(agent, btask, envs, n: int, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Score ``n`` policy samples at the (constant) bandit observation. Returns (metrics, arrays): arrays hold
+    ``actions`` (n, 2) and ``target_points`` (P, 2)."""
+    from mepoly_il.eval.rl_metrics import bandit_metrics
+
+    torch.manual_seed(RL_EVAL_SEED_OFFSET + seed)
+    head = agent.head
+    obs = torch.zeros(1, envs.obs_dim)
+    actions = head.sample(obs, n)[:, 0].numpy()
+    m = bandit_metrics(actions, btask.target, envs.reward_fn.points, btask.sample_target, btask.sigma, seed=seed)
+    if head.exact_entropy:
+        with torch.no_grad():
+            m["entropy_exact"] = float(head.entropy(obs)[0])
+    m["sigma"] = btask.sigma
+    return m, {"actions": actions.astype("float32"), "target_points": envs.reward_fn.points.astype("float32")}
+
+
+def eval_smoothworld(agent, envs, episodes: int, seed: int, max_steps: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Roll ``episodes`` episodes from the layout's eval start and as many from uniform starts (acting by sampling
+    the policy). Returns (metrics, arrays): trajectories (episodes, max_steps + 1, 2), outcomes, lengths, route
+    classes, and ``START_ACTION_SAMPLES`` actions sampled at the eval start."""
+    from mepoly_il.envs.smoothworld import (
+        DEATH_REWARD,
+        GOAL_REWARD,
+        SHORTEST_STEPS,
+        rollout_episodes,
+        sample_starts,
+        to_obs,
+    )
+    from mepoly_il.eval.rl_metrics import mode_stats, smoothworld_metrics
+
+    torch.manual_seed(RL_EVAL_SEED_OFFSET + seed)
+    layout = envs.layout
+    head = agent.head
+
+    def act_fn(o):
+        with torch.no_grad():
+            return head.act(torch.as_tensor(o))[0].numpy()
+
+    starts = np.repeat(np.asarray(layout.eval_start, dtype=np.float64)[None], episodes, 0)
+    fixed = rollout_episodes(layout, act_fn, starts, max_steps)
+    rng = np.random.default_rng(RL_EVAL_START_SEED_OFFSET + seed)
+    uniform = rollout_episodes(layout, act_fn, sample_starts(layout, episodes, rng), max_steps)
+    m = {"eval_start": list(layout.eval_start)}
+    m.update(smoothworld_metrics(fixed, layout.classes, SHORTEST_STEPS.get(layout.name)))
+    um = smoothworld_metrics(uniform, layout.classes, None)
+    m["uniform_start"] = {k: um[k] for k in ("success_rate", "death_rate", "timeout_rate")}
+    # the undiscounted return of an episode is GOAL_REWARD, DEATH_REWARD or 0
+    m["uniform_start"]["return_mean"] = GOAL_REWARD * um["success_rate"] + DEATH_REWARD * um["death_rate"]
+    # within-policy multimodality at the eval start: share of sampled actions per 8 direction sectors
+    with torch.no_grad():
+        a = head.sample(torch.as_tensor(to_obs(starts[:1])), START_ACTION_SAMPLES)[:, 0].numpy()
+    ang = np.arctan2(a[:, 1], a[:, 0])
+    sector = ((ang + np.pi / 8) // (np.pi / 4)).astype(int) % 8
+    ms = mode_stats(sector, 8)
+    m["start_action_sectors"] = ms["class_counts"]
+    m["start_action_sector_entropy_norm"] = ms["mode_entropy_norm"]
+    arrays = {
+        "traj": fixed["traj"],
+        "outcome": fixed["outcome"],
+        "length": fixed["length"],
+        "cls": fixed["cls"],
+        "uniform_traj": uniform["traj"],
+        "uniform_outcome": uniform["outcome"],
+        "start_actions": a.astype("float32"),
+    }
+    return m, arrays
