@@ -1,6 +1,6 @@
 """The on-disk demo dataset: a diffusion_policy ``ReplayBuffer`` layout in Zarr format 2.
 
-Layout (see ``notes/anchor-ecosystem-style.md`` §1d)::
+Layout (the one of diffusion_policy's ``ReplayBuffer``, so its loaders read these files)::
 
     NAME.zarr/                  zarr_format=2, written with the zarr-python 3 API, consolidated (.zmetadata)
       .zattrs                   {"mepoly_il": {provenance}, "stats": {"action": {...}, "state": {...}},
