@@ -1,0 +1,63 @@
+"""The demo pipeline's worker pool and timing bookkeeping with a plain-Python worker (no simulator)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mepoly_il.data.maniskill.pool import WorkerPool
+from mepoly_il.data.maniskill.timing import Timings
+from mepoly_il.errors import UserError
+
+
+class SquareWorker:
+    """Squares numbers; times its "work" step like the simulator workers do; refuses negatives as a user mistake."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.timings = Timings()
+        self.closed = False
+
+    def run(self, x: int) -> int:
+        if x < 0:
+            raise UserError(f"task {x}: negative")
+        with self.timings.phase("work"):
+            time.sleep(0.01)
+        return x * x + self.offset
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_timings_sum_prefix_and_drain():
+    t = Timings()
+    t.add("a", 1.0)
+    t.add("a", 0.5)
+    t.update({"a": 1.0, "b": 2.0}, prefix="w_")
+    with pytest.raises(ValueError), t.phase("failed"):
+        raise ValueError
+    assert t.seconds["a"] == 1.5 and t.seconds["w_a"] == 1.0 and t.seconds["w_b"] == 2.0
+    assert t.seconds["failed"] >= 0.0  # timed even though the block raised
+    assert t.drain()["a"] == 1.5 and t.seconds == {}
+
+
+def test_pool_returns_results_and_sums_worker_timings():
+    pool = WorkerPool(SquareWorker, [{"offset": 1}])
+    for i in range(3):
+        pool.submit(i, i)
+    got = dict(pool.get() for _ in range(3))
+    worker = pool._local
+    pool.close()
+    assert got == {0: 1, 1: 2, 2: 5}
+    assert worker.closed and worker.timings.seconds == {}  # drained into the pool after every run
+    seconds = pool.timings.seconds
+    assert set(seconds) == {"workers_init_cpu", "workers_work", "workers_cpu"}
+    assert seconds["workers_work"] >= 0.03  # three sleeps of 10 ms
+
+
+def test_pool_passes_user_errors_through():
+    pool = WorkerPool(SquareWorker, [{"offset": 0}])
+    with pytest.raises(UserError, match="task -1: negative"):
+        pool.submit(0, -1)
+    pool.terminate()
