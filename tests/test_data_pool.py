@@ -43,21 +43,22 @@ def test_timings_sum_prefix_and_drain():
 
 
 def test_pool_returns_results_and_sums_worker_timings():
-    pool = WorkerPool(SquareWorker, [{"offset": 1}])
-    for i in range(3):
-        pool.submit(i, i)
-    got = dict(pool.get() for _ in range(3))
-    worker = pool._local
-    pool.close()
+    with WorkerPool(SquareWorker, [{"offset": 1}]) as pool:
+        for i in range(3):
+            pool.submit(i, i)
+        got = dict(pool.get() for _ in range(3))
+        worker = pool._local
+        assert not worker.closed
+    assert worker.closed  # closed when the block ends
     assert got == {0: 1, 1: 2, 2: 5}
-    assert worker.closed and worker.timings.seconds == {}  # drained into the pool after every run
+    assert worker.timings.seconds == {}  # drained into the pool after every run
     seconds = pool.timings.seconds
-    assert set(seconds) == {"workers_init_cpu", "workers_work", "workers_cpu"}
+    assert set(seconds) == {"start_workers", "workers_init_cpu", "workers_work", "workers_cpu", "close_workers"}
     assert seconds["workers_work"] >= 0.03  # three sleeps of 10 ms
 
 
-def test_pool_passes_user_errors_through():
-    pool = WorkerPool(SquareWorker, [{"offset": 0}])
-    with pytest.raises(UserError, match="task -1: negative"):
+def test_pool_passes_user_errors_through_and_releases_the_worker():
+    with pytest.raises(UserError, match="task -1: negative"), WorkerPool(SquareWorker, [{"offset": 0}]) as pool:
         pool.submit(0, -1)
-    pool.terminate()
+    assert pool._local.closed
+    assert "close_workers" not in pool.timings.seconds  # terminated, not closed

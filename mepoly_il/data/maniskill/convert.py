@@ -442,28 +442,24 @@ def _replay_all(
 ) -> dict[int, dict]:
     """Replay ``tasks`` (from :func:`_read_tasks`) in ``workers`` simulators -> ConvertWorker results by index."""
     n_workers = max(1, min(workers, len(tasks)))
-    with timings.phase("start_workers"):
-        pool = WorkerPool(ConvertWorker, [worker_kwargs] * n_workers)
     by_index: dict[int, dict] = {}
-    try:
-        with timings.phase("loop"), progress(disable=not show_progress) as bar:
-            bar_task = bar.add_task(f"convert {source.env_id} -> {worker_kwargs['target_mode']}", total=len(tasks))
-            pending = deque(tasks)
-            in_flight = 0
-            while pending or in_flight:
-                while pending and in_flight < 2 * n_workers:
-                    t = pending.popleft()
-                    pool.submit(t["index"], t)
-                    in_flight += 1
-                idx, res = pool.get()
-                in_flight -= 1
-                by_index[idx] = res
-                bar.advance(bar_task)
-        with timings.phase("close_workers"):
-            pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
+    with (
+        WorkerPool(ConvertWorker, [worker_kwargs] * n_workers) as pool,
+        timings.phase("loop"),
+        progress(disable=not show_progress) as bar,
+    ):
+        bar_task = bar.add_task(f"convert {source.env_id} -> {worker_kwargs['target_mode']}", total=len(tasks))
+        pending = deque(tasks)
+        in_flight = 0
+        while pending or in_flight:
+            while pending and in_flight < 2 * n_workers:
+                t = pending.popleft()
+                pool.submit(t["index"], t)
+                in_flight += 1
+            idx, res = pool.get()
+            in_flight -= 1
+            by_index[idx] = res
+            bar.advance(bar_task)
     timings.update(pool.timings.seconds)
     return by_index
 

@@ -167,39 +167,33 @@ def generate(
         work.mkdir(parents=True)
         n_workers = min(workers, num_demos)
         kwargs = {"env_id": env_id, "demo_source": task.demo_source, "control_mode": task.demo_control_mode}
-        # with 1 worker the simulator starts in this process (no spawn); otherwise spawn is asynchronous and its
-        # import/make time shows up inside "loop"
-        with timings.phase("start_workers"):
-            pool = WorkerPool(
-                GenerateWorker, [{**kwargs, "h5_dir": str(work), "name": f"w{w}"} for w in range(n_workers)]
-            )
+        workers_kwargs = [{**kwargs, "h5_dir": str(work), "name": f"w{w}"} for w in range(n_workers)]
         results: dict[int, dict] = {}
-        try:
-            next_seed, in_flight, n_ok = seed, 0, 0
-            with timings.phase("loop"), progress(disable=not show_progress) as bar:
-                bar_task = bar.add_task(f"generate {env_id}", total=num_demos)
-                while True:
-                    # Never more in flight than could still be needed: the kept set is then exactly the first
-                    # num_demos successful seeds, whatever the number of workers.
-                    while in_flight < 2 * n_workers and n_ok + in_flight < num_demos:
-                        if next_seed - seed >= max_tries:
-                            break
-                        pool.submit(next_seed, next_seed)
-                        next_seed += 1
-                        in_flight += 1
-                    if in_flight == 0:
+        next_seed, in_flight, n_ok = seed, 0, 0
+        with (
+            WorkerPool(GenerateWorker, workers_kwargs) as pool,
+            timings.phase("loop"),
+            progress(disable=not show_progress) as bar,
+        ):
+            bar_task = bar.add_task(f"generate {env_id}", total=num_demos)
+            while True:
+                # Never more in flight than could still be needed: the kept set is then exactly the first
+                # num_demos successful seeds, whatever the number of workers.
+                while in_flight < 2 * n_workers and n_ok + in_flight < num_demos:
+                    if next_seed - seed >= max_tries:
                         break
-                    s, res = pool.get()
-                    in_flight -= 1
-                    results[s] = res
-                    if res["success"]:
-                        n_ok += 1
-                        bar.advance(bar_task)
-            with timings.phase("close_workers"):
-                pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
+                    pool.submit(next_seed, next_seed)
+                    next_seed += 1
+                    in_flight += 1
+                if in_flight == 0:
+                    break
+                s, res = pool.get()
+                in_flight -= 1
+                results[s] = res
+                if res["success"]:
+                    n_ok += 1
+                    bar.advance(bar_task)
+        timings.update(pool.timings.seconds)
         ok = sorted(s for s, r in results.items() if r["success"])
         failed = sorted(s for s, r in results.items() if not r["success"])
         if len(ok) < num_demos:
@@ -211,7 +205,6 @@ def generate(
         with timings.phase("merge"):
             lengths = _merge_worker_files(work, ok, h5_path, json_path)
             shutil.rmtree(work)
-        timings.update(pool.timings.seconds)
     h5_final, json_final = raw_paths(out, task.demo_control_mode)
     return GenerateResult(
         h5=h5_final,

@@ -4,7 +4,9 @@ The pool is handed the worker class, ``worker_cls(**kwargs)`` with ``run(task) -
 imports no worker itself (``spawn`` pickles the class by reference). A worker may keep a
 :class:`~mepoly_il.data.maniskill.timing.Timings` as ``self.timings``; after every ``run`` the pool collects it, and
 :attr:`WorkerPool.timings` holds the sums over all workers (``workers_<name>``), their CPU seconds in ``run``
-(``workers_cpu``) and in start-up (``workers_init_cpu``).
+(``workers_cpu``) and in start-up (``workers_init_cpu``), and the wall seconds this process waited for the
+workers to start (``start_workers``) and to close (``close_workers``). Used as a context manager, the pool closes
+its workers when the block ends, or terminates them when it raises.
 """
 
 from __future__ import annotations
@@ -69,6 +71,19 @@ class WorkerPool:
         self.timings = Timings()
         self._local = None
         self._done: deque = deque()
+        with self.timings.phase("start_workers"):
+            self._start(worker_cls, kwargs_per_worker)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.terminate()
+
+    def _start(self, worker_cls: type, kwargs_per_worker: list[dict]) -> None:
         if self.n == 1:
             c0 = time.process_time()
             self._local = worker_cls(**kwargs_per_worker[0])
@@ -127,6 +142,10 @@ class WorkerPool:
                 return task_id, self._collect(payload)
 
     def close(self) -> None:
+        with self.timings.phase("close_workers"):
+            self._close()
+
+    def _close(self) -> None:
         if self._local is not None:
             self._local.close()
             return
