@@ -62,3 +62,18 @@ def test_pool_passes_user_errors_through_and_releases_the_worker():
         pool.submit(0, -1)
     assert pool._local.closed
     assert "close_workers" not in pool.timings.seconds  # terminated, not closed
+
+
+@pytest.mark.slow
+def test_spawned_workers_give_the_same_results_and_one_line_errors():
+    """Two worker processes (spawn): results and summed timings as in-process; a worker's UserError comes back as a
+    UserError, not as a traceback, and the workers are stopped."""
+    with pytest.raises(UserError, match="task -2: negative"), WorkerPool(SquareWorker, [{"offset": 1}] * 2) as pool:
+        for i in range(4):
+            pool.submit(i, i)
+        got = dict(pool.get() for _ in range(4))
+        pool.submit(4, -2)
+        pool.get()
+    assert got == {0: 1, 1: 2, 2: 5, 3: 10}
+    assert pool.timings.seconds["workers_work"] >= 0.04
+    assert not any(p.is_alive() for p in pool._procs)

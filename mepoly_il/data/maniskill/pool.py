@@ -178,3 +178,5 @@ class WorkerPool:
         for p in self._procs:
             if p.is_alive():
                 p.terminate()
+        for p in self._procs:
+            p.join(timeout=5.0)
