@@ -3,6 +3,7 @@
 
 * :mod:`.generate`: :func:`generate` runs a task's demo source (from :mod:`mepoly_il.tasks`) in worker processes and
   keeps the first ``num_demos`` successful seeds as ManiSkill's own ``.h5`` + ``.json``.
+* :mod:`.source`: :func:`read_source` opens and checks a ManiSkill ``.h5`` + ``.json`` pair.
 * :mod:`.convert`: :func:`convert` replays them into the policy's observation and control mode and writes the zarr
   dataset; :func:`prepare` = generate + convert, raw files kept next to the output.
 * :mod:`.replay`: :func:`replay_open_loop`, open-loop replay from a seed (faithfulness checks).
@@ -15,12 +16,10 @@ from mepoly_il.data.maniskill.convert import (
     OBS_MODES,
     ConvertResult,
     ConvertWorker,
-    SourceDemos,
     convert,
     default_control_mode,
     prepare,
     raw_dir_for,
-    read_source,
 )
 from mepoly_il.data.maniskill.generate import (
     GenerateResult,
@@ -32,6 +31,7 @@ from mepoly_il.data.maniskill.generate import (
 )
 from mepoly_il.data.maniskill.replay import replay_open_loop
 from mepoly_il.data.maniskill.sim import SIM_BACKEND
+from mepoly_il.data.maniskill.source import SourceDemos, read_source
 
 __all__ = [
     "EE_MODES",
