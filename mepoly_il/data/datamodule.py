@@ -84,7 +84,7 @@ def resolve_horizons(
 
     A None horizon for a dataset whose ``env_id`` is not a registered task is a :class:`UserError`.
     """
-    given = {"obs_horizon": obs_horizon, "act_horizon": act_horizon, "pred_horizon": pred_horizon}
+    given = dict(zip(_HORIZONS, (obs_horizon, act_horizon, pred_horizon), strict=True))
     missing = [k for k, v in given.items() if v is None]
     if missing:
         task = find_task(str(env_id)) if env_id else None
@@ -143,8 +143,8 @@ class DemoDataModule(L.LightningDataModule):
 
         info = read_info(self.path)
         self.info = info
-        given = {"obs_horizon": obs_horizon, "act_horizon": act_horizon, "pred_horizon": pred_horizon}
-        horizons = resolve_horizons(self.path, info.provenance.get("env_id"), **given)
+        env_id = info.provenance.get("env_id")
+        horizons = resolve_horizons(self.path, env_id, obs_horizon, act_horizon, pred_horizon)
         self.obs_horizon, self.act_horizon, self.pred_horizon = (horizons[k] for k in _HORIZONS)
         self.hparams.update(horizons)  # checkpoints record the horizons used, not None
         self.obs_dim, self.act_dim = info.obs_dim, info.act_dim
