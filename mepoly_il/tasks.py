@@ -2,7 +2,8 @@
 
 Data generation, evaluation environments, configs, benchmarks and the Table 1 scripts read these entries; nothing
 else in the package repeats them. Adding a task means one :func:`register_task` call (here for built-in tasks, or
-in user code before the CLI runs) plus, if its demos come from a new source, that source.
+in user code before the CLI runs) plus, if its demos come from a new source, that source: a function with the
+calling convention of ManiSkill's motion-planning solutions, named by ``demo_source = "package.module:function"``.
 
 Horizons follow the paper's protocol (To = 2 observations, Ta actions executed of T = 16 predicted; PushT acts one
 step at a time, as ManiSkill's Diffusion Policy baseline does). Episode limits are about twice the mean
@@ -13,14 +14,20 @@ This module imports nothing from the rest of the package except the error type, 
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from mepoly_il.errors import UserError
 
-#: Demo sources: ``motion_planner:<solver>`` names a function of ManiSkill's panda motion-planning solutions;
-#: ``None`` means this package has no way to make demos for the task yet.
+#: Demo sources: ``motion_planner:<solver>`` names a function of ManiSkill's panda motion-planning solutions
+#: (``mani_skill.examples.motionplanning.panda.solutions``); ``package.module:function`` names any other function with
+#: their calling convention, ``solve(env, seed=..., debug=False, vis=False)`` returning the list of step results (the
+#: last one holds ``success`` and ``elapsed_steps``) or -1 when it gives up; ``None`` means this package has no way to
+#: make demos for the task yet (demos made elsewhere can still be converted).
 MOTION_PLANNER = "motion_planner"
+#: The control mode of a task that names none (and of demos converted without a registered task).
+DEFAULT_CONTROL_MODE = "pd_ee_delta_pos"
 
 
 @dataclass(frozen=True)
@@ -29,12 +36,15 @@ class TaskSpec:
 
     Attributes:
         env_id: the ManiSkill environment id (e.g. ``"PushCube-v1"``).
-        demo_source: where demos come from, ``"motion_planner:<solver function>"``, or ``None`` if none exists.
+        demo_source: where demos come from, ``"motion_planner:<solver function>"``, ``"package.module:function"``
+            (see :data:`MOTION_PLANNER`), or ``None`` if none exists.
         max_episode_steps: evaluation (and demo replay) episode limit.
         control_mode: the controller the policies act through (demos are converted to it).
         obs_dim, act_dim: widths of the state observation and of the action in ``control_mode``.
         obs_horizon, act_horizon, pred_horizon: To, Ta and T of the action-chunk policies.
         eval_episodes: episodes per final evaluation (the protocol's 100).
+        demo_control_mode: the controller the demo source acts through (what ``data generate`` records; ManiSkill's
+            motion planners emit ``pd_joint_pos`` targets, which ``data convert`` turns into ``control_mode``).
     """
 
     env_id: str
@@ -42,16 +52,35 @@ class TaskSpec:
     max_episode_steps: int
     obs_dim: int
     act_dim: int
-    control_mode: str = "pd_ee_delta_pos"
+    control_mode: str = DEFAULT_CONTROL_MODE
     obs_horizon: int = 2
     act_horizon: int = 8
     pred_horizon: int = 16
     eval_episodes: int = 100
+    demo_control_mode: str = "pd_joint_pos"
 
     def __post_init__(self) -> None:
-        for name in ("max_episode_steps", "obs_dim", "act_dim", "obs_horizon", "act_horizon", "pred_horizon"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"task {self.env_id}: {name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise UserError(f"TaskSpec env_id must be a non-empty string, got {self.env_id!r}")
+        if self.demo_source is not None:
+            module, _, function = str(self.demo_source).partition(":")
+            if not module or not function:
+                raise UserError(
+                    f"task {self.env_id}: demo_source {self.demo_source!r} is not 'motion_planner:<solver>' or "
+                    "'package.module:function'; fix it or pass None"
+                )
+        for name in (
+            "max_episode_steps",
+            "obs_dim",
+            "act_dim",
+            "obs_horizon",
+            "act_horizon",
+            "pred_horizon",
+            "eval_episodes",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise UserError(f"task {self.env_id}: {name} must be an integer >= 1, got {value!r}")
         if self.obs_horizon - 1 + self.act_horizon > self.pred_horizon:
             raise UserError(
                 f"task {self.env_id}: obs_horizon - 1 + act_horizon ({self.obs_horizon - 1 + self.act_horizon}) "

@@ -30,6 +30,10 @@ PROV = {
 }
 
 
+# Synthetic-v0 is not a registered task, so its horizons are given explicitly.
+H = {"obs_horizon": 2, "act_horizon": 8, "pred_horizon": 16}
+
+
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("syn") / "syn.zarr", num_episodes=8, seed=3)
@@ -204,7 +208,7 @@ def test_horizon_validation():
 
 # -- DataModule ------------------------------------------------------------------------------------------------------
 def test_datamodule_metadata_before_setup(syn):
-    dm = DemoDataModule(str(syn), batch_size=32)
+    dm = DemoDataModule(str(syn), batch_size=32, **H)
     assert (dm.obs_dim, dm.act_dim) == (5, 3)
     assert dm.train_set is None  # nothing loaded yet
     assert dm.meta["env_id"] == "Synthetic-v0" and dm.meta["control_mode"] == "pd_ee_delta_pos"
@@ -260,7 +264,7 @@ def test_datamodule_batches_normalized_and_faithful(syn):
 
 
 def test_datamodule_no_val_and_max_episodes(syn):
-    dm = DemoDataModule(str(syn), val_ratio=0.0, max_episodes=3, batch_size=8)
+    dm = DemoDataModule(str(syn), val_ratio=0.0, max_episodes=3, batch_size=8, **H)
     dm.setup("fit")
     assert dm.val_dataloader() == []
     arrays = load_arrays(syn)
@@ -270,7 +274,7 @@ def test_datamodule_no_val_and_max_episodes(syn):
 
 def test_batch_gather_is_fast(tmp_path):
     path = make_synthetic_dataset(tmp_path / "big.zarr", num_episodes=200, length=(60, 80), seed=1)
-    dm = DemoDataModule(str(path), batch_size=1024, val_ratio=0.0)
+    dm = DemoDataModule(str(path), batch_size=1024, val_ratio=0.0, **H)
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     next(it)
@@ -315,10 +319,8 @@ def test_lightning_cli_links_dims(syn, tmp_path, monkeypatch, val_ratio):
 
     class CLI(LightningCLI):
         def add_arguments_to_parser(self, parser):
-            for key in ("obs_horizon", "act_horizon", "pred_horizon"):
-                parser.link_arguments(f"data.{key}", f"model.{key}")
-            parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
-            parser.link_arguments("data.act_dim", "model.act_dim", apply_on="instantiate")
+            for key in ("obs_horizon", "act_horizon", "pred_horizon", "obs_dim", "act_dim"):
+                parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
     monkeypatch.setattr("sys.argv", ["mepoly-il"])
     cli = CLI(
@@ -327,6 +329,8 @@ def test_lightning_cli_links_dims(syn, tmp_path, monkeypatch, val_ratio):
         run=False,
         args=[
             f"--data.path={syn}",
+            "--data.obs_horizon=2",
+            "--data.act_horizon=8",
             "--data.pred_horizon=12",
             f"--data.val_ratio={val_ratio}",
             "--data.batch_size=16",
@@ -347,10 +351,10 @@ def test_lightning_cli_links_dims(syn, tmp_path, monkeypatch, val_ratio):
 
 
 def test_datamodule_with_loader_workers(syn):
-    dm = DemoDataModule(str(syn), batch_size=16, val_ratio=0.0, num_workers=1)
+    dm = DemoDataModule(str(syn), batch_size=16, val_ratio=0.0, num_workers=1, **H)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
-    single = DemoDataModule(str(syn), batch_size=16, val_ratio=0.0)
+    single = DemoDataModule(str(syn), batch_size=16, val_ratio=0.0, **H)
     single.setup("fit")
     reference = list(single.train_dataloader())
     assert len(batches) == len(reference) > 1

@@ -17,9 +17,10 @@ import pytest
 
 from mepoly_il.cli import main as cli_main
 from mepoly_il.data.datamodule import DemoDataModule
-from mepoly_il.data.maniskill import SOLVERS, convert, generate, raw_dir_for, read_source, replay_open_loop
+from mepoly_il.data.maniskill import convert, generate, raw_dir_for, read_source, replay_open_loop
 from mepoly_il.data.zarr_io import load_arrays, read_info
 from mepoly_il.errors import UserError
+from mepoly_il.tasks import task_ids
 from mepoly_il.utils import sha256_file
 
 ENV = "PushCube-v1"
@@ -209,15 +210,18 @@ def _expect_cli_error(capsys, argv, *fragments):
     return lines[0]
 
 
-def test_unknown_env_id_lists_supported(tmp_path, capsys):
-    line = _expect_cli_error(
-        capsys,
-        ["data", "generate", "--env-id", "PushT-v1", "--num-demos", "2", "--out", str(tmp_path / "x")],
-        "PushT-v1",
-    )
-    for env_id in SOLVERS:
-        assert env_id in line
-    assert not (tmp_path / "x").exists()
+@pytest.mark.parametrize("command", ["generate", "prepare"])
+def test_task_without_demo_source_or_unknown_lists_supported(tmp_path, capsys, command):
+    """PushT-v1 is registered without a demo source; Nope-v1 is not registered: one line each, naming the tasks
+    that have demos, and nothing written."""
+    for env_id, why in (("PushT-v1", "has no demo source"), ("Nope-v1", "not a registered task")):
+        out = tmp_path / ("x.zarr" if command == "prepare" else "x")
+        argv = ["data", command, "--env-id", env_id, "--num-demos", "2", "--out", str(out)]
+        line = _expect_cli_error(capsys, argv, env_id, why)
+        assert "PushCube-v1" in task_ids(with_demos=True)
+        for with_demos in task_ids(with_demos=True):
+            assert with_demos in line
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_convert_missing_source(tmp_path, capsys):

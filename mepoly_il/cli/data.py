@@ -31,14 +31,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    from mepoly_il.data.maniskill import SOLVERS
+    from mepoly_il.tasks import task_ids
+
+    with_demos = ", ".join(task_ids(with_demos=True))
+    mode_help = "target control mode (default: the task's, from mepoly_il/tasks.py)"
 
     g = sub.add_parser(
         "generate",
-        help="motion-planning demos (ManiSkill h5 + json, pd_joint_pos, successes only)",
-        description="Run ManiSkill's panda motion-planning solutions; keep the first N successful seeds from --seed.",
+        help="demos from the task's demo source (ManiSkill h5 + json, successes only)",
+        description="Run the task's demo source (ManiSkill's panda motion-planning solutions for the cube tasks); keep "
+        "the first N successful seeds from --seed.",
     )
-    g.add_argument("--env-id", required=True, help=f"one of: {', '.join(SOLVERS)}")
+    g.add_argument("--env-id", required=True, help=f"a registered task with a demo source: {with_demos}")
     g.add_argument("--num-demos", type=int, required=True)
     g.add_argument("--out", required=True, help="output directory for the .h5 and .json")
     g.add_argument("--seed", type=int, default=0, help="first episode seed tried (default 0)")
@@ -52,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--src", required=True, help="ManiSkill trajectory .h5 (the .json must sit next to it)")
     c.add_argument("--out", required=True, help="output dataset, e.g. datasets/PushCube-v1/pushcube_100.zarr")
-    c.add_argument("--control-mode", default="pd_ee_delta_pos", help="target control mode (default pd_ee_delta_pos)")
+    c.add_argument("--control-mode", default=None, help=mode_help)
     c.add_argument("--obs-mode", default="state", help="target observation mode (default state)")
     add_common(c)
 
@@ -60,11 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         "prepare",
         help="generate + convert in one step (raw files kept in NAME.raw/ next to NAME.zarr)",
     )
-    p.add_argument("--env-id", required=True, help=f"one of: {', '.join(SOLVERS)}")
+    p.add_argument("--env-id", required=True, help=f"a registered task with a demo source: {with_demos}")
     p.add_argument("--num-demos", type=int, required=True)
     p.add_argument("--out", required=True, help="output dataset, e.g. datasets/PushCube-v1/pushcube_100.zarr")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--control-mode", default="pd_ee_delta_pos")
+    p.add_argument("--control-mode", default=None, help=mode_help)
     p.add_argument("--obs-mode", default="state")
     add_common(p)
 

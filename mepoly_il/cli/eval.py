@@ -37,7 +37,7 @@ def _run_parser() -> argparse.ArgumentParser:
         "--max-episode-steps",
         type=int,
         default=None,
-        help="override the per-task length (PushCube/PickCube 100, StackCube 200, PushT 150)",
+        help="override the episode limit (default: the task's max_episode_steps in mepoly_il/tasks.py)",
     )
     p.add_argument(
         "--sim-backend",

@@ -1,8 +1,10 @@
 """``DemoDataModule``: windows of normalized states and actions from a mepoly-il zarr dataset.
 
-Right after ``__init__`` (which reads only the zarr metadata) the module exposes ``obs_dim``, ``act_dim``, ``meta``
-(provenance + ``episode_seeds``), ``obs_bounds`` and ``act_bounds`` so LightningCLI can link them into the model and
-the policy can store the very same normalizer bounds. ``setup()`` loads all arrays into RAM once (zarr reads cost
+Right after ``__init__`` (which reads only the zarr metadata) the module exposes ``obs_dim``, ``act_dim``, the
+horizons ``obs_horizon``, ``act_horizon``, ``pred_horizon`` (given, or the dataset's task's from
+:mod:`mepoly_il.tasks`), ``meta`` (provenance + ``episode_seeds``), ``obs_bounds`` and ``act_bounds``, so
+LightningCLI can link them into the model (``apply_on="instantiate"``) and the policy can store the very same
+normalizer bounds. ``setup()`` loads all arrays into RAM once (zarr reads cost
 ~300 µs each and zarr-3's asyncio thread does not mix with forked workers), normalizes them to [-1, 1], and cuts
 windows (:mod:`mepoly_il.data.windows`). A batch is a dict::
 
@@ -25,6 +27,9 @@ from mepoly_il.data.normalize import DEFAULT_MARGIN, minmax_bounds
 from mepoly_il.data.windows import check_horizons, gather_indices, split_episodes, window_starts
 from mepoly_il.data.zarr_io import PROVENANCE_KEYS, episode_seeds, load_arrays, read_info
 from mepoly_il.errors import UserError
+from mepoly_il.tasks import find_task
+
+_HORIZONS = ("obs_horizon", "act_horizon", "pred_horizon")
 
 
 def normalize_array(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -72,14 +77,36 @@ class WindowDataset(Dataset):
         return self.get_batch(np.asarray(index, dtype=np.int64))
 
 
+def resolve_horizons(
+    path: str, env_id: str | None, obs_horizon: int | None, act_horizon: int | None, pred_horizon: int | None
+) -> dict[str, int]:
+    """The given horizons, each None replaced by the registered task's; validated (``To + Ta - 1 <= T``).
+
+    A None horizon for a dataset whose ``env_id`` is not a registered task is a :class:`UserError`.
+    """
+    given = dict(zip(_HORIZONS, (obs_horizon, act_horizon, pred_horizon), strict=True))
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        task = find_task(str(env_id)) if env_id else None
+        if task is None:
+            flags = " ".join(f"--data.{k} N" for k in missing)
+            raise UserError(
+                f"{path}: its env_id {env_id!r} is not a registered task, so its horizons are unknown; pass {flags} "
+                "(or register the task with mepoly_il.tasks.register_task)"
+            )
+        given.update({k: getattr(task, k) for k in missing})
+    check_horizons(given["obs_horizon"], given["act_horizon"], given["pred_horizon"])
+    return {k: int(v) for k, v in given.items()}
+
+
 class DemoDataModule(L.LightningDataModule):
     """Demo windows for imitation learning from a mepoly-il zarr dataset.
 
     Args:
         path: the ``.zarr`` dataset (``mepoly-il data prepare`` writes one).
-        obs_horizon: To, observations per window.
-        act_horizon: Ta, actions executed per chunk (only validated here; the policy uses it).
-        pred_horizon: T, actions per window. Needs ``To + Ta - 1 <= T``.
+        obs_horizon: To, observations per window; None = the registered task's (the dataset's ``env_id``).
+        act_horizon: Ta, actions executed per chunk (only validated here; the policy uses it); None = the task's.
+        pred_horizon: T, actions per window; None = the task's. Needs ``To + Ta - 1 <= T``.
         batch_size: windows per batch.
         val_ratio: fraction of whole episodes held out for validation; 0 gives no validation loader.
         num_workers: DataLoader workers (0 is usually fastest: a batch is one numpy gather).
@@ -91,9 +118,9 @@ class DemoDataModule(L.LightningDataModule):
     def __init__(
         self,
         path: str,
-        obs_horizon: int = 2,
-        act_horizon: int = 8,
-        pred_horizon: int = 16,
+        obs_horizon: int | None = None,
+        act_horizon: int | None = None,
+        pred_horizon: int | None = None,
         batch_size: int = 256,
         val_ratio: float = 0.1,
         num_workers: int = 0,
@@ -103,7 +130,6 @@ class DemoDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_horizons(obs_horizon, act_horizon, pred_horizon)
         if batch_size < 1:
             raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
         if max_episodes is not None and max_episodes < 1:
@@ -111,13 +137,16 @@ class DemoDataModule(L.LightningDataModule):
         if not 0.0 <= norm_margin < 1.0:
             raise UserError(f"data.norm_margin must be in [0, 1), got {norm_margin}")
         self.path = str(path)
-        self.obs_horizon, self.act_horizon, self.pred_horizon = int(obs_horizon), int(act_horizon), int(pred_horizon)
         self.batch_size, self.val_ratio, self.num_workers = int(batch_size), float(val_ratio), int(num_workers)
         self.seed, self.max_episodes, self.norm_margin = int(seed), max_episodes, float(norm_margin)
         split_episodes(2, self.val_ratio, 0)  # validates val_ratio early with the same message
 
         info = read_info(self.path)
         self.info = info
+        env_id = info.provenance.get("env_id")
+        horizons = resolve_horizons(self.path, env_id, obs_horizon, act_horizon, pred_horizon)
+        self.obs_horizon, self.act_horizon, self.pred_horizon = (horizons[k] for k in _HORIZONS)
+        self.hparams.update(horizons)  # checkpoints record the horizons used, not None
         self.obs_dim, self.act_dim = info.obs_dim, info.act_dim
         self.stats = info.stats
         self.obs_bounds = minmax_bounds(info.stats["state"]["min"], info.stats["state"]["max"], self.norm_margin)

@@ -1,4 +1,8 @@
-"""ManiSkill3 evaluation environments: the only ``envs`` module that imports ``mani_skill`` / ``sapien``.
+"""ManiSkill3 evaluation environments, and the package's one ManiSkill import (:func:`import_maniskill`).
+
+This is the only ``envs`` module that imports ``mani_skill`` / ``sapien``; the demo pipeline
+(:mod:`mepoly_il.data.maniskill`) imports the simulator through :func:`import_maniskill` too, so a broken install
+fails with the same single line everywhere. Nothing here imports ``mepoly_il.data``.
 
 The protocol follows ManiSkill's own IL baselines (``make_eval_envs``): state observations, the control mode of the
 demonstrations, sparse reward, ``reconfiguration_freq=1`` and terminations ignored, so every episode runs exactly
@@ -24,15 +28,7 @@ import numpy as np
 import torch
 
 from mepoly_il.errors import UserError
-
-#: Per-task episode lengths (about 2x the mean motion-planning demo length; ManiSkill's registered defaults of 50/100
-#: are tuned for RL and cut successful-but-slow rollouts short).
-DEFAULT_MAX_EPISODE_STEPS = {
-    "PushCube-v1": 100,
-    "PickCube-v1": 100,
-    "StackCube-v1": 200,
-    "PushT-v1": 150,
-}
+from mepoly_il.tasks import find_task
 
 SIM_BACKENDS = ("auto", "physx_cpu", "physx_cuda")
 
@@ -58,8 +54,9 @@ class EvalEnvSpec:
 
 
 def default_max_episode_steps(env_id: str) -> int | None:
-    """The protocol's episode length for ``env_id``, or None when the task is not one of the known four."""
-    return DEFAULT_MAX_EPISODE_STEPS.get(env_id)
+    """The registered task's episode limit (:class:`mepoly_il.tasks.TaskSpec`), or None for an unregistered env."""
+    task = find_task(env_id)
+    return task.max_episode_steps if task is not None else None
 
 
 def resolve_sim_backend(requested: str) -> str:
@@ -73,15 +70,26 @@ def resolve_sim_backend(requested: str) -> str:
     return requested
 
 
-def _import_maniskill():
+def import_maniskill():
+    """Import gymnasium with ManiSkill's environments registered; returns the ``gymnasium`` module.
+
+    A missing or broken simulator install (ManiSkill, sapien, the Vulkan driver) becomes one :class:`UserError` line.
+    """
     try:
         import gymnasium as gym
         import mani_skill.envs  # noqa: F401  (registers the environments)
     except Exception as err:  # a broken simulator install should fail with one line, not a deep traceback
+        reason = str(err).splitlines()[0][:200] if str(err) else ""
         raise UserError(
-            f"cannot import ManiSkill ({type(err).__name__}: {str(err).splitlines()[0][:200]}); run `make setup` "
+            f"cannot import ManiSkill ({type(err).__name__}: {reason}); run `make setup` "
             "(installs mani-skill and a Vulkan driver via scripts/ensure-vulkan.sh)"
         ) from None
+    import logging
+
+    # ManiSkill sets up its logger on import; its start-up warnings (no CUDA renderer, not a git install) are noise
+    # for state-only CPU simulation.
+    for name in ("mani_skill", "mani_skill "):  # 3.0.1 names its logger with a trailing space
+        logging.getLogger(name).setLevel(logging.ERROR)
     return gym
 
 
@@ -102,7 +110,7 @@ def _make_kwargs(spec: EvalEnvSpec) -> dict[str, Any]:
 
 def _make_cpu_env(spec: EvalEnvSpec):
     """One single-process CPU env (module level so forkserver workers can unpickle it)."""
-    gym = _import_maniskill()
+    gym = import_maniskill()
     from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
 
     env = gym.make(spec.env_id, **_make_kwargs(spec))
@@ -161,7 +169,7 @@ class CPUVecEnv(EvalVecEnv):
     """``physx_cpu`` envs, one per process (``AsyncVectorEnv``) or in-process for ``num_envs == 1``."""
 
     def __init__(self, spec: EvalEnvSpec, num_envs: int) -> None:
-        gym = _import_maniskill()
+        gym = import_maniskill()
         self.spec, self.num_envs = spec, int(num_envs)
         thunks = [functools.partial(_make_cpu_env, spec)] * self.num_envs
         disabled = gym.vector.AutoresetMode.DISABLED
@@ -213,7 +221,7 @@ class GPUVecEnv(EvalVecEnv):
     """
 
     def __init__(self, spec: EvalEnvSpec, num_envs: int) -> None:
-        gym = _import_maniskill()
+        gym = import_maniskill()
         from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
         self.spec, self.num_envs = spec, int(num_envs)
@@ -256,7 +264,7 @@ def make_eval_env(spec: EvalEnvSpec, num_envs: int = 1) -> EvalVecEnv:
         raise UserError(f"obs_mode {spec.obs_mode!r} is not supported by the evaluator; only 'state' policies")
     if spec.max_episode_steps < 1:
         raise UserError(f"--max-episode-steps must be >= 1, got {spec.max_episode_steps}")
-    gym = _import_maniskill()
+    gym = import_maniskill()
     if spec.env_id not in gym.registry:
         raise UserError(f"environment {spec.env_id!r} is not registered in ManiSkill; check the dataset's env_id")
     backend = spec.sim_backend

@@ -65,7 +65,7 @@ class EvalCallback(Callback):
         episodes: episodes per evaluation (ManiSkill: 100).
         seed: evaluation seed block (same block for every method so their episodes are identical).
         num_envs: parallel envs (CPU: processes; on 2 cores more than 2 rarely helps).
-        max_episode_steps: override of the per-task episode length (PushCube 100, ..., StackCube 200).
+        max_episode_steps: override of the task's episode limit (``mepoly_il.tasks``).
         sim_backend: physx_cpu (default; same as the demos of the cube tasks), physx_cuda or auto.
         reconfiguration_freq: 1 = protocol (scene rebuilt at every reset); 0 is faster and, for the four tabletop
             tasks, gives the same initial states.
