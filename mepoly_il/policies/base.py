@@ -17,13 +17,15 @@ so a checkpoint is self-contained.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from mepoly_il.data.normalize import Normalizer
+from mepoly_il.errors import UserError
 
 
 def check_horizons(obs_horizon: int, act_horizon: int, pred_horizon: int) -> None:
@@ -37,12 +39,78 @@ def check_horizons(obs_horizon: int, act_horizon: int, pred_horizon: int) -> Non
         )
 
 
+@dataclass
+class PolicyShape:
+    """What every chunking policy is sized by: the dataset's widths and the To/Ta/T horizons.
+
+    ``mepoly-il fit`` fills all five from the dataset (``data.*``) when the model is built, so configs leave them
+    unset (``None``); a policy built from a config needs them all.
+
+    Args:
+        obs_dim: Ds, width of one observation.
+        act_dim: Da, width of one action.
+        obs_horizon: To, observations the policy conditions on.
+        act_horizon: Ta, actions executed per plan.
+        pred_horizon: T, actions predicted per plan (``To + Ta - 1 <= T``).
+    """
+
+    obs_dim: int | None = None
+    act_dim: int | None = None
+    obs_horizon: int | None = None
+    act_horizon: int | None = None
+    pred_horizon: int | None = None
+
+    #: how error messages name this config's fields (the CLI's nesting), e.g. ``"model.policy."``
+    prefix: ClassVar[str] = "model.policy."
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("obs_dim", "act_dim", "obs_horizon", "act_horizon", "pred_horizon")
+
+    def __post_init__(self) -> None:
+        for name in self.SHAPE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise UserError(f"{self.prefix}{name}={value}: must be >= 1")
+        if None not in (self.obs_horizon, self.act_horizon, self.pred_horizon):
+            try:
+                check_horizons(self.obs_horizon, self.act_horizon, self.pred_horizon)
+            except ValueError as err:
+                raise UserError(f"{self.prefix}*_horizon: {err}") from None
+
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """(obs_dim, act_dim, To, Ta, T) as ints; UserError when one is unset."""
+        missing = [n for n in self.SHAPE_FIELDS if getattr(self, n) is None]
+        if missing:
+            raise UserError(
+                f"{self.prefix}{missing[0]} is not set: pass {', '.join(missing)} (`mepoly-il fit` takes them from "
+                "the dataset)"
+            )
+        return tuple(int(getattr(self, n)) for n in self.SHAPE_FIELDS)  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as primitives (what checkpoints store)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "policy_config"):
+        """Rebuild from :meth:`to_dict` output; UserError naming unknown keys (a newer or foreign config)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(
+                f"{where}: unknown {cls.__name__} settings {unknown}; the file was written by another version of "
+                "mepoly-il, upgrade it"
+            )
+        return cls(**values)
+
+
 class BasePolicy(nn.Module):
     """Action-chunking policy with observation and action queues.
 
-    Subclasses implement :meth:`generate` (normalized obs history -> normalized action chunk of length T).
-    ``meta`` carries provenance (env_id, control_mode, dataset episode seeds, ...) from the checkpoint.
+    Subclasses implement :meth:`generate` (normalized obs history -> normalized action chunk of length T) and set
+    ``policy_config`` (their config dataclass, a :class:`PolicyShape`). ``meta`` carries provenance (env_id,
+    control_mode, dataset episode seeds, ...) from the checkpoint.
     """
+
+    policy_config: PolicyShape | None = None
 
     def __init__(self, obs_dim: int, act_dim: int, obs_horizon: int, act_horizon: int, pred_horizon: int) -> None:
         super().__init__()
@@ -59,6 +127,12 @@ class BasePolicy(nn.Module):
     def generate(self, obs_norm: torch.Tensor) -> torch.Tensor:
         """(B, To, Ds) normalized observations -> (B, T, Da) normalized actions."""
         raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The policy's settings as primitives (what checkpoints store as ``policy_config``)."""
+        if self.policy_config is None:
+            raise NotImplementedError(f"{type(self).__name__} has no policy_config")
+        return self.policy_config.to_dict()
 
     # -- protocol ------------------------------------------------------------------------------------------------
     @property
