@@ -22,7 +22,7 @@ from mepoly_il.policies.diffusion.policy import DiffusionPolicy
 from mepoly_il.policies.diffusion.unet import ConditionalUnet1D
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "dp" / "PushCube-v1-cpu.yaml"
+CONFIG = REPO / "configs" / "dp" / "cpu.yaml"
 SMALL = {"down_dims": [16, 32, 64], "diffusion_step_embed_dim": 16}
 
 
@@ -159,9 +159,9 @@ def test_cli_fit_writes_checkpoint_that_loads_and_acts(dataset, restore_argv, tm
             "16",
             "--trainer.val_check_interval",
             "2",
-            "--model.inference",
+            "--model.policy.inference",
             "ddim",
-            "--model.num_inference_steps",
+            "--model.policy.num_inference_steps",
             "4",
         ]
     )
@@ -181,7 +181,7 @@ def test_print_config_shows_parameter_count(dataset, restore_argv, capsys):
         cli_main(["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), "--print_config"])
     assert exc.value.code in (0, None)
     out = capsys.readouterr()
-    down_dims = yaml.safe_load(CONFIG.read_text())["model"]["down_dims"]
+    down_dims = yaml.safe_load(CONFIG.read_text())["model"]["policy"]["down_dims"]
     expected = sum(p.numel() for p in ConditionalUnet1D(3, 2 * 5, down_dims).parameters())
     assert f"DP parameters: {expected:,}" in out.err
     assert "down_dims:" in out.out  # stdout stays the YAML config
@@ -192,14 +192,9 @@ def test_train_save_load_identical_actions(dataset, tmp_path, normalize_obs):
     """Train a few steps with EMA, save, load_policy: same actions for the same noise seed; bounds round-trip."""
     dm = DemoDataModule(str(dataset), obs_horizon=2, act_horizon=4, pred_horizon=8, batch_size=32)
     model = DiffusionModule(
-        obs_dim=dm.obs_dim,
-        act_dim=dm.act_dim,
-        obs_horizon=2,
-        act_horizon=4,
-        pred_horizon=8,
+        dict(obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8, **SMALL),
         normalize_obs=normalize_obs,
         warmup_steps=2,
-        **SMALL,
     )
     trainer = pl.Trainer(
         max_steps=4,
@@ -248,7 +243,7 @@ def test_checkpoint_before_first_ema_update_keeps_dataset_bounds(dataset, tmp_pa
     """The EMA copy is made before the module sets its normalizers; it must still carry the dataset bounds."""
     dm = DemoDataModule(str(dataset), obs_horizon=2, act_horizon=4, pred_horizon=8, batch_size=32)
     model = DiffusionModule(
-        obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8, **SMALL
+        dict(obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8, **SMALL)
     )
     trainer = pl.Trainer(
         max_steps=2,
