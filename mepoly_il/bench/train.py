@@ -3,9 +3,9 @@
 Each model is built from its own YAML (``configs/{dp,stage1,stage2}/{cpu,paper}.yaml``, plus a per-task file
 ``<ENV>[-cpu].yaml`` beside it where one exists: model section and batch size) with the task's widths and horizons
 from :mod:`mepoly_il.tasks`, and trained by a real Lightning ``Trainer`` (forward, backward, optimizer, LR schedule,
-EMA update) on a synthetic dataset with the task's dimensions; a callback times every training step. Stage 2 starts from the stage-1 checkpoint
-written in the same run. Goal (issue #5): stage 1 + stage 2 per step no slower than DP per step, i.e. MePoly's two
-stages together cost no more than DP at the same step budget.
+EMA update) on a synthetic dataset with the task's dimensions; a callback times every training step. Stage 2 starts
+from the stage-1 checkpoint written in the same run. Goal (issue #5): stage 1 + stage 2 per step no slower than DP
+per step, i.e. MePoly's two stages together cost no more than DP at the same step budget.
 
     mepoly-il bench train --scale cpu          # the cpu.yaml configs (default)
     mepoly-il bench train --scale paper        # the paper-scale configs (slow on CPU: batch 1024)
