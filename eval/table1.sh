@@ -15,7 +15,9 @@
 #         TASKS="PushCube-v1" SEEDS="0" bash eval/table1.sh
 set -euo pipefail
 
-TASKS=${TASKS:-"PushCube-v1 PickCube-v1 StackCube-v1"}   # add PushT-v1 once datasets/PushT-v1.zarr exists
+# default: the registered tasks this package can make demos for (mepoly_il/tasks.py); PushT-v1 needs its demos
+# converted first, then pass TASKS="... PushT-v1"
+TASKS=${TASKS:-$(${PYTHON:-python} -c "from mepoly_il.tasks import task_ids; print(*task_ids(with_demos=True))")}
 SEEDS=${SEEDS:-"0 1 2"}
 NUM_DEMOS=${NUM_DEMOS:-100}          # ManiSkill DP baseline: 100 demos per task
 EPISODES=${EPISODES:-100}            # evaluation episodes per evaluation point (ManiSkill: 100)
@@ -24,6 +26,13 @@ EVAL_ENVS=${EVAL_ENVS:-10}           # CPU: processes; GPU (PushT): parallel sce
 RUNS=${RUNS:-runs}
 OUT=${OUT:-eval/results/table1}
 MEPOLY_IL=${MEPOLY_IL:-mepoly-il}
+
+task_configs() {  # $1 method, $2 scale (paper|cpu), $3 task: the method's config, then the task's own file if any
+    local own="configs/$1/$3.yaml"
+    if [[ $2 == cpu ]]; then own="configs/$1/$3-cpu.yaml"; fi
+    echo --config "configs/$1/$2.yaml"
+    if [[ -e "$own" ]]; then echo --config "$own"; fi
+}
 
 run() {
     echo "+ $*"
@@ -59,17 +68,18 @@ for task in $TASKS; do
     fi
     for seed in $SEEDS; do
         # 2. MePoly stage 1 (trajectory VAE); no evaluation: it cannot act.
-        run "$MEPOLY_IL" fit stage1 --config "configs/stage1/$task.yaml" --data.path "datasets/$task.zarr" \
+        # shellcheck disable=SC2046
+        run "$MEPOLY_IL" fit stage1 $(task_configs stage1 paper "$task") --data.path "datasets/$task.zarr" \
             --trainer.default_root_dir "$RUNS/stage1/$task/seed$seed" --seed_everything "$seed"
         # 3. MePoly stage 2 (polynomial latent prior) on that seed's stage-1 weights, evaluated during training.
         # shellcheck disable=SC2046
-        run "$MEPOLY_IL" fit stage2 --config "configs/stage2/$task.yaml" --data.path "datasets/$task.zarr" \
+        run "$MEPOLY_IL" fit stage2 $(task_configs stage2 paper "$task") --data.path "datasets/$task.zarr" \
             --model.stage1_ckpt "$(last_ckpt "$RUNS/stage1/$task/seed$seed")" \
             --trainer.default_root_dir "$RUNS/mepoly/$task/seed$seed" --seed_everything "$seed" \
             $(eval_callback "$task")
         # 4. Diffusion Policy baseline, same data, same evaluation.
         # shellcheck disable=SC2046
-        run "$MEPOLY_IL" fit dp --config "configs/dp/$task.yaml" --data.path "datasets/$task.zarr" \
+        run "$MEPOLY_IL" fit dp $(task_configs dp paper "$task") --data.path "datasets/$task.zarr" \
             --trainer.default_root_dir "$RUNS/dp/$task/seed$seed" --seed_everything "$seed" \
             $(eval_callback "$task")
         # 5. Final checkpoints once more with per-episode records and 2 videos (not used for the table).
