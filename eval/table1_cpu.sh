@@ -44,25 +44,8 @@ DP_MAX_STEPS=${DP_MAX_STEPS:-}  # D7: empty = the DP config's max_steps
 DP_EVAL_EVERY=${DP_EVAL_EVERY:-$EVAL_EVERY}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2}
 
-task_configs() {  # $1 method, $2 scale (paper|cpu), $3 task: the method's config, then the task's own file if any
-    local own="configs/$1/$3.yaml"
-    if [[ $2 == cpu ]]; then own="configs/$1/$3-cpu.yaml"; fi
-    echo --config "configs/$1/$2.yaml"
-    if [[ -e "$own" ]]; then echo --config "$own"; fi
-}
-
-run() {
-    echo "+ $*"
-    if [[ -z "${DRY_RUN:-}" ]]; then "$@"; fi
-}
-
-last_ckpt() {  # newest last.ckpt under a run root (see eval/table1.sh)
-    if [[ -n "${DRY_RUN:-}" ]]; then echo "$1/checkpoints/last.ckpt"; return; fi
-    local found
-    found=$(find "$1" -name last.ckpt -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
-    if [[ -z "$found" ]]; then echo "no last.ckpt under $1 (did training finish?)" >&2; exit 1; fi
-    echo "$found"
-}
+# shellcheck source=eval/table1_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/table1_common.sh"
 
 eval_callback() {  # $1: evaluate every this many steps
     echo --trainer.callbacks+=mepoly_il.eval.callback.EvalCallback \

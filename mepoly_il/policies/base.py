@@ -111,6 +111,8 @@ class BasePolicy(nn.Module):
     """
 
     policy_config: PolicyShape | None = None
+    #: the config dataclass this policy is built from (set by subclasses)
+    config_class: ClassVar[type[PolicyShape]] = PolicyShape
 
     def __init__(self, obs_dim: int, act_dim: int, obs_horizon: int, act_horizon: int, pred_horizon: int) -> None:
         super().__init__()
@@ -127,6 +129,29 @@ class BasePolicy(nn.Module):
     def generate(self, obs_norm: torch.Tensor) -> torch.Tensor:
         """(B, To, Ds) normalized observations -> (B, T, Da) normalized actions."""
         raise NotImplementedError
+
+    @classmethod
+    def config_from_args(cls, args: tuple, kwargs: dict[str, Any]) -> PolicyShape:
+        """A subclass constructor's arguments -> its config: ``(config,)`` as is, else the config's fields."""
+        if len(args) == 1 and not kwargs and isinstance(args[0], cls.config_class):
+            return args[0]
+        return cls.config_class(*args, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> BasePolicy:
+        """Rebuild from a checkpoint dict (``read_checkpoint``): ``mepoly_il.policy_config`` builds the network, the
+        ``policy.`` slice of ``state_dict`` (the EMA weights when the EMA callback ran) is loaded strictly."""
+        from mepoly_il.policies import policy_state_dict
+
+        values = (ckpt.get("mepoly_il") or {}).get("policy_config")
+        if not isinstance(values, dict):
+            raise UserError("checkpoint has no mepoly_il.policy_config; it was not written by `mepoly-il fit`")
+        policy = cls(cls.config_class.from_dict(values, where="checkpoint mepoly_il.policy_config"))
+        try:
+            policy.load_state_dict(policy_state_dict(ckpt), strict=True)
+        except RuntimeError as err:
+            raise UserError(f"checkpoint weights do not match its policy_config: {str(err).splitlines()[0]}") from None
+        return policy
 
     def config(self) -> dict[str, Any]:
         """The policy's settings as primitives (what checkpoints store as ``policy_config``)."""

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from einops import rearrange
 
-from mepoly_il.errors import UserError
 from mepoly_il.policies.base import BasePolicy
 from mepoly_il.policies.diffusion.config import DiffusionConfig
 from mepoly_il.policies.diffusion.unet import ConditionalUnet1D
@@ -31,9 +30,10 @@ class DiffusionPolicy(BasePolicy):
     with the :class:`DiffusionConfig` fields as arguments (same order and names).
     """
 
+    config_class = DiffusionConfig
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        config = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], DiffusionConfig) else None
-        config = config or DiffusionConfig(*args, **kwargs)
+        config = self.config_from_args(args, kwargs)
         obs_dim, act_dim, obs_horizon, act_horizon, pred_horizon = config.shape()
         super().__init__(obs_dim, act_dim, obs_horizon, act_horizon, pred_horizon)
         self.policy_config = c = config
@@ -107,16 +107,5 @@ class DiffusionPolicy(BasePolicy):
 
 
 def policy_from_checkpoint(ckpt: dict[str, Any]) -> DiffusionPolicy:
-    """Rebuild a :class:`DiffusionPolicy` from a checkpoint dict: ``mepoly_il.policy_config`` + ``policy.`` weights."""
-    from mepoly_il.policies import policy_state_dict
-
-    info = ckpt.get("mepoly_il") or {}
-    hp = info.get("policy_config")
-    if not isinstance(hp, dict):
-        raise UserError("checkpoint has no mepoly_il.policy_config; it was not written by `fit dp`")
-    policy = DiffusionPolicy(DiffusionConfig.from_dict(hp, where="checkpoint mepoly_il.policy_config"))
-    try:
-        policy.load_state_dict(policy_state_dict(ckpt), strict=True)
-    except RuntimeError as err:
-        raise UserError(f"checkpoint weights do not match its policy_config: {str(err).splitlines()[0]}") from None
-    return policy
+    """Rebuild a :class:`DiffusionPolicy` from a checkpoint dict (see :meth:`BasePolicy.from_checkpoint`)."""
+    return DiffusionPolicy.from_checkpoint(ckpt)

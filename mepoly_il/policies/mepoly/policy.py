@@ -42,9 +42,10 @@ class MePolyPolicy(BasePolicy):
     config's fields as arguments (same order and names). ``prior=None`` builds the VAE only (stage 1).
     """
 
+    config_class = MePolyConfig
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        config = args[0] if len(args) == 1 and not kwargs and isinstance(args[0], MePolyConfig) else None
-        config = config or MePolyConfig(*args, **kwargs)
+        config = self.config_from_args(args, kwargs)
         obs_dim, act_dim, obs_horizon, act_horizon, pred_horizon = config.shape()
         super().__init__(obs_dim, act_dim, obs_horizon, act_horizon, pred_horizon)
         self.policy_config = c = config
@@ -108,24 +109,12 @@ class MePolyPolicy(BasePolicy):
 def policy_from_checkpoint(ckpt: dict[str, Any]) -> MePolyPolicy:
     """Rebuild a stage-2 :class:`MePolyPolicy` from a checkpoint dict read by ``read_checkpoint``.
 
-    The constructor arguments come from ``ckpt["mepoly_il"]["policy_config"]`` (primitives only) and the
-    weights (EMA weights when the EMA callback ran) from the ``policy.`` slice of ``ckpt["state_dict"]``,
-    loaded strictly.
+    See :meth:`BasePolicy.from_checkpoint`; stage-1 checkpoints (no prior) are refused.
     """
-    from mepoly_il.policies import policy_state_dict
-
     info = ckpt.get("mepoly_il", {})
     if info.get("stage") == 1 or info.get("policy") is None:
         raise UserError(
             "this is a MePoly stage-1 checkpoint (VAE only, no latent prior); it cannot act. Train stage 2 "
             "with `mepoly-il fit stage2 --model.stage1_ckpt <this file>` and load its checkpoint instead"
         )
-    cfg = info.get("policy_config")
-    if not isinstance(cfg, dict):
-        raise UserError("checkpoint has no mepoly_il.policy_config; it was not written by mepoly-il fit stage2")
-    policy = MePolyPolicy(MePolyConfig.from_dict(cfg, where="checkpoint mepoly_il.policy_config"))
-    try:
-        policy.load_state_dict(policy_state_dict(ckpt), strict=True)
-    except RuntimeError as err:
-        raise UserError(f"checkpoint weights do not match its policy_config: {str(err).splitlines()[0]}") from None
-    return policy
+    return MePolyPolicy.from_checkpoint(ckpt)
