@@ -33,12 +33,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/table1_common.sh"
 # Eval simulator per task: the one the demos were recorded on.
 sim_backend() { if [[ "$1" == "PushT-v1" ]]; then echo physx_cuda; else echo physx_cpu; fi; }
 
-eval_callback() {  # $1 = task
-    echo --trainer.callbacks+=mepoly_il.eval.callback.EvalCallback \
-        --trainer.callbacks.every_n_steps "$EVAL_EVERY" --trainer.callbacks.episodes "$EPISODES" \
-        --trainer.callbacks.num_envs "$EVAL_ENVS" --trainer.callbacks.sim_backend "$(sim_backend "$1")"
-}
-
 for task in $TASKS; do
     # 1. demonstrations: motion planning -> replay to state + pd_ee_delta_pos -> zarr (demo seeds 0..)
     if [[ "$task" == "PushT-v1" ]]; then
@@ -57,12 +51,12 @@ for task in $TASKS; do
         run "$MEPOLY_IL" fit stage2 $(task_configs stage2 paper "$task") --data.path "datasets/$task.zarr" \
             --model.stage1_ckpt "$(last_ckpt "$RUNS/stage1/$task/seed$seed")" \
             --trainer.default_root_dir "$RUNS/mepoly/$task/seed$seed" --seed_everything "$seed" \
-            $(eval_callback "$task")
+            $(eval_callback "$EVAL_EVERY" "$(sim_backend "$task")")
         # 4. Diffusion Policy baseline, same data, same evaluation.
         # shellcheck disable=SC2046
         run "$MEPOLY_IL" fit dp $(task_configs dp paper "$task") --data.path "datasets/$task.zarr" \
             --trainer.default_root_dir "$RUNS/dp/$task/seed$seed" --seed_everything "$seed" \
-            $(eval_callback "$task")
+            $(eval_callback "$EVAL_EVERY" "$(sim_backend "$task")")
         # 5. Final checkpoints once more with per-episode records and 2 videos (not used for the table).
         for method in mepoly dp; do
             run "$MEPOLY_IL" eval run "$(last_ckpt "$RUNS/$method/$task/seed$seed")" --episodes "$EPISODES" \

@@ -21,3 +21,9 @@ last_ckpt() {
     if [[ -z "$found" ]]; then echo "no last.ckpt under $1 (did training finish?)" >&2; exit 1; fi
     echo "$found"
 }
+
+eval_callback() {  # $1: evaluate every this many steps, $2: simulator backend (EPISODES, EVAL_ENVS: caller)
+    echo --trainer.callbacks+=mepoly_il.eval.callback.EvalCallback \
+        --trainer.callbacks.every_n_steps "$1" --trainer.callbacks.episodes "$EPISODES" \
+        --trainer.callbacks.num_envs "$EVAL_ENVS" --trainer.callbacks.sim_backend "$2"
+}

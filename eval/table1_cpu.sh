@@ -47,11 +47,6 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-
 # shellcheck source=eval/table1_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/table1_common.sh"
 
-eval_callback() {  # $1: evaluate every this many steps
-    echo --trainer.callbacks+=mepoly_il.eval.callback.EvalCallback \
-        --trainer.callbacks.every_n_steps "$1" --trainer.callbacks.episodes "$EPISODES" \
-        --trainer.callbacks.num_envs "$EVAL_ENVS" --trainer.callbacks.sim_backend physx_cpu
-}
 
 for task in $TASKS; do
     if [[ ! -e "datasets/$task.zarr" ]]; then
@@ -67,13 +62,13 @@ for task in $TASKS; do
             run "$MEPOLY_IL" fit stage2 $(task_configs stage2 cpu "$task") --data.path "datasets/$task.zarr" \
                 --model.stage1_ckpt "$(last_ckpt "$RUNS/stage1/$task/seed$seed")" \
                 --trainer.default_root_dir "$RUNS/mepoly/$task/seed$seed" --seed_everything "$seed" \
-                $(eval_callback "$EVAL_EVERY")
+                $(eval_callback "$EVAL_EVERY" physx_cpu)
         fi
         if [[ " $METHODS " == *" dp "* ]]; then
             # shellcheck disable=SC2046
             run "$MEPOLY_IL" fit dp $(task_configs dp cpu "$task") --data.path "datasets/$task.zarr" \
                 --trainer.default_root_dir "$RUNS/dp/$task/seed$seed" --seed_everything "$seed" \
-                ${DP_MAX_STEPS:+--trainer.max_steps "$DP_MAX_STEPS"} $(eval_callback "$DP_EVAL_EVERY")
+                ${DP_MAX_STEPS:+--trainer.max_steps "$DP_MAX_STEPS"} $(eval_callback "$DP_EVAL_EVERY" physx_cpu)
         fi
         [[ "$FINAL_EVAL" == 0 ]] && continue
         for method in $METHODS; do

@@ -69,6 +69,11 @@ def stage1_ckpt(workdir, dataset) -> Path:
         "--trainer.val_check_interval", "10", "--trainer.log_every_n_steps", "5",
         *TINY,
     )  # fmt: skip
+    return _last_ckpt(res, root)
+
+
+def _last_ckpt(res: subprocess.CompletedProcess, root: Path) -> Path:
+    """The run's last.ckpt, after checking that the run succeeded quietly."""
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Previous log files" not in res.stderr  # the CSV logger joins the run quietly (run_layout.py)
     ckpt = root / "checkpoints" / "last.ckpt"
@@ -85,11 +90,7 @@ def stage2_ckpt(workdir, dataset, stage1_ckpt) -> Path:
         "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
         "--model.policy.prior_hidden", "[32, 32]", "--model.policy.poly_order", "4", "--data.batch_size", "32",
     )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "Previous log files" not in res.stderr  # the CSV logger joins the run quietly (run_layout.py)
-    ckpt = root / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    return ckpt
+    return _last_ckpt(res, root)
 
 
 def test_stage1_cli_run_writes_checkpoint_logs_and_latent_plot(stage1_ckpt):
