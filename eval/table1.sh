@@ -15,7 +15,9 @@
 #         TASKS="PushCube-v1" SEEDS="0" bash eval/table1.sh
 set -euo pipefail
 
-TASKS=${TASKS:-"PushCube-v1 PickCube-v1 StackCube-v1"}   # add PushT-v1 once datasets/PushT-v1.zarr exists
+# default: the registered tasks this package can make demos for (mepoly_il/tasks.py); PushT-v1 needs its demos
+# converted first, then pass TASKS="... PushT-v1"
+TASKS=${TASKS:-$(${PYTHON:-python} -c "from mepoly_il.tasks import task_ids; print(*task_ids(with_demos=True))")}
 SEEDS=${SEEDS:-"0 1 2"}
 NUM_DEMOS=${NUM_DEMOS:-100}          # ManiSkill DP baseline: 100 demos per task
 EPISODES=${EPISODES:-100}            # evaluation episodes per evaluation point (ManiSkill: 100)
@@ -25,29 +27,11 @@ RUNS=${RUNS:-runs}
 OUT=${OUT:-eval/results/table1}
 MEPOLY_IL=${MEPOLY_IL:-mepoly-il}
 
-run() {
-    echo "+ $*"
-    if [[ -z "${DRY_RUN:-}" ]]; then "$@"; fi
-}
-
-# Newest last.ckpt under a run root. The Lightning modules keep checkpoints in <root>/checkpoints/, but a config
-# with another ModelCheckpoint dirpath or logger layout would put them elsewhere; searching keeps this robust.
-last_ckpt() {
-    if [[ -n "${DRY_RUN:-}" ]]; then echo "$1/checkpoints/last.ckpt"; return; fi
-    local found
-    found=$(find "$1" -name last.ckpt -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
-    if [[ -z "$found" ]]; then echo "no last.ckpt under $1 (did training finish?)" >&2; exit 1; fi
-    echo "$found"
-}
+# shellcheck source=eval/table1_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/table1_common.sh"
 
 # Eval simulator per task: the one the demos were recorded on.
 sim_backend() { if [[ "$1" == "PushT-v1" ]]; then echo physx_cuda; else echo physx_cpu; fi; }
-
-eval_callback() {  # $1 = task
-    echo --trainer.callbacks+=mepoly_il.eval.callback.EvalCallback \
-        --trainer.callbacks.every_n_steps "$EVAL_EVERY" --trainer.callbacks.episodes "$EPISODES" \
-        --trainer.callbacks.num_envs "$EVAL_ENVS" --trainer.callbacks.sim_backend "$(sim_backend "$1")"
-}
 
 for task in $TASKS; do
     # 1. demonstrations: motion planning -> replay to state + pd_ee_delta_pos -> zarr (demo seeds 0..)
@@ -59,19 +43,20 @@ for task in $TASKS; do
     fi
     for seed in $SEEDS; do
         # 2. MePoly stage 1 (trajectory VAE); no evaluation: it cannot act.
-        run "$MEPOLY_IL" fit stage1 --config "configs/stage1/$task.yaml" --data.path "datasets/$task.zarr" \
+        # shellcheck disable=SC2046
+        run "$MEPOLY_IL" fit stage1 $(task_configs stage1 paper "$task") --data.path "datasets/$task.zarr" \
             --trainer.default_root_dir "$RUNS/stage1/$task/seed$seed" --seed_everything "$seed"
         # 3. MePoly stage 2 (polynomial latent prior) on that seed's stage-1 weights, evaluated during training.
         # shellcheck disable=SC2046
-        run "$MEPOLY_IL" fit stage2 --config "configs/stage2/$task.yaml" --data.path "datasets/$task.zarr" \
+        run "$MEPOLY_IL" fit stage2 $(task_configs stage2 paper "$task") --data.path "datasets/$task.zarr" \
             --model.stage1_ckpt "$(last_ckpt "$RUNS/stage1/$task/seed$seed")" \
             --trainer.default_root_dir "$RUNS/mepoly/$task/seed$seed" --seed_everything "$seed" \
-            $(eval_callback "$task")
+            $(eval_callback "$EVAL_EVERY" "$(sim_backend "$task")")
         # 4. Diffusion Policy baseline, same data, same evaluation.
         # shellcheck disable=SC2046
-        run "$MEPOLY_IL" fit dp --config "configs/dp/$task.yaml" --data.path "datasets/$task.zarr" \
+        run "$MEPOLY_IL" fit dp $(task_configs dp paper "$task") --data.path "datasets/$task.zarr" \
             --trainer.default_root_dir "$RUNS/dp/$task/seed$seed" --seed_everything "$seed" \
-            $(eval_callback "$task")
+            $(eval_callback "$EVAL_EVERY" "$(sim_backend "$task")")
         # 5. Final checkpoints once more with per-episode records and 2 videos (not used for the table).
         for method in mepoly dp; do
             run "$MEPOLY_IL" eval run "$(last_ckpt "$RUNS/$method/$task/seed$seed")" --episodes "$EPISODES" \

@@ -4,7 +4,7 @@
 # are NOT comparable to the paper's table; they check that the pipeline works and show the trend.
 #
 # Deviations from eval/table1.sh (paper protocol):
-#   D1  configs/{stage1,stage2,dp}/<task>-cpu.yaml: smaller networks, batch sizes and step budgets (each file
+#   D1  configs/{stage1,stage2,dp}/cpu.yaml: smaller networks, batch sizes and step budgets (each file
 #       lists its own differences; e.g. DP PushCube: UNet [24,48,96] 0.76M params instead of 12.6M (paper-matched),
 #       3000 steps at batch 128 instead of 30000 at batch 1024, EMA decay 0.999; MePoly 0.66M params, stage 1 1500
 #       and stage 2 1000 steps at batch 128).
@@ -28,7 +28,8 @@
 #             bash eval/table1_cpu.sh
 set -euo pipefail
 
-TASKS=${TASKS:-"PushCube-v1 PickCube-v1 StackCube-v1"}   # D5: no PushT-v1
+# default: the registered tasks this package can make demos for (mepoly_il/tasks.py); D5: so no PushT-v1
+TASKS=${TASKS:-$(${PYTHON:-python} -c "from mepoly_il.tasks import task_ids; print(*task_ids(with_demos=True))")}
 SEEDS=${SEEDS:-"0 1 2"}
 NUM_DEMOS=${NUM_DEMOS:-100}     # unchanged
 EPISODES=${EPISODES:-20}        # D2 (paper: 100)
@@ -43,24 +44,9 @@ DP_MAX_STEPS=${DP_MAX_STEPS:-}  # D7: empty = the DP config's max_steps
 DP_EVAL_EVERY=${DP_EVAL_EVERY:-$EVAL_EVERY}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2}
 
-run() {
-    echo "+ $*"
-    if [[ -z "${DRY_RUN:-}" ]]; then "$@"; fi
-}
+# shellcheck source=eval/table1_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/table1_common.sh"
 
-last_ckpt() {  # newest last.ckpt under a run root (see eval/table1.sh)
-    if [[ -n "${DRY_RUN:-}" ]]; then echo "$1/checkpoints/last.ckpt"; return; fi
-    local found
-    found=$(find "$1" -name last.ckpt -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
-    if [[ -z "$found" ]]; then echo "no last.ckpt under $1 (did training finish?)" >&2; exit 1; fi
-    echo "$found"
-}
-
-eval_callback() {  # $1: evaluate every this many steps
-    echo --trainer.callbacks+=mepoly_il.eval.callback.EvalCallback \
-        --trainer.callbacks.every_n_steps "$1" --trainer.callbacks.episodes "$EPISODES" \
-        --trainer.callbacks.num_envs "$EVAL_ENVS" --trainer.callbacks.sim_backend physx_cpu
-}
 
 for task in $TASKS; do
     if [[ ! -e "datasets/$task.zarr" ]]; then
@@ -68,20 +54,21 @@ for task in $TASKS; do
     fi
     for seed in $SEEDS; do
         if [[ " $METHODS " == *" mepoly "* ]]; then
-            # D1: -cpu configs
-            run "$MEPOLY_IL" fit stage1 --config "configs/stage1/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
+            # D1: cpu configs
+            # shellcheck disable=SC2046
+        run "$MEPOLY_IL" fit stage1 $(task_configs stage1 cpu "$task") --data.path "datasets/$task.zarr" \
                 --trainer.default_root_dir "$RUNS/stage1/$task/seed$seed" --seed_everything "$seed"
             # shellcheck disable=SC2046
-            run "$MEPOLY_IL" fit stage2 --config "configs/stage2/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
+            run "$MEPOLY_IL" fit stage2 $(task_configs stage2 cpu "$task") --data.path "datasets/$task.zarr" \
                 --model.stage1_ckpt "$(last_ckpt "$RUNS/stage1/$task/seed$seed")" \
                 --trainer.default_root_dir "$RUNS/mepoly/$task/seed$seed" --seed_everything "$seed" \
-                $(eval_callback "$EVAL_EVERY")
+                $(eval_callback "$EVAL_EVERY" physx_cpu)
         fi
         if [[ " $METHODS " == *" dp "* ]]; then
             # shellcheck disable=SC2046
-            run "$MEPOLY_IL" fit dp --config "configs/dp/$task-cpu.yaml" --data.path "datasets/$task.zarr" \
+            run "$MEPOLY_IL" fit dp $(task_configs dp cpu "$task") --data.path "datasets/$task.zarr" \
                 --trainer.default_root_dir "$RUNS/dp/$task/seed$seed" --seed_everything "$seed" \
-                ${DP_MAX_STEPS:+--trainer.max_steps "$DP_MAX_STEPS"} $(eval_callback "$DP_EVAL_EVERY")
+                ${DP_MAX_STEPS:+--trainer.max_steps "$DP_MAX_STEPS"} $(eval_callback "$DP_EVAL_EVERY" physx_cpu)
         fi
         [[ "$FINAL_EVAL" == 0 ]] && continue
         for method in $METHODS; do

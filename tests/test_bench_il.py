@@ -42,5 +42,5 @@ def test_bench_train_quick(tmp_path, capsys):
     t = {k: r["median_s_per_step"] for k, r in rows.items()}
     ratio = (t["stage1"] + t["stage2"]) / t["dp"]
     assert res["ratio_stage1_plus_stage2_over_dp_per_step"] == pytest.approx(ratio)
-    assert rows["dp"]["config"].endswith("configs/dp/PushCube-v1-cpu.yaml")
+    assert rows["dp"]["config"].endswith("configs/dp/cpu.yaml")
     assert "(stage1 + stage2) / DP per step" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from mepoly_il.policies.diffusion.policy import DiffusionPolicy
 from mepoly_il.policies.diffusion.unet import ConditionalUnet1D
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "dp" / "PushCube-v1-cpu.yaml"
+CONFIG = REPO / "configs" / "dp" / "cpu.yaml"
 SMALL = {"down_dims": [16, 32, 64], "diffusion_step_embed_dim": 16}
 
 
@@ -98,23 +98,13 @@ def test_bad_policy_config_fails_clearly(kwargs, needle):
         DiffusionPolicy(5, 3, 2, 4, 8, **{**SMALL, **kwargs})
 
 
+def fit_dp(dataset: Path, *args: str) -> int:
+    """``mepoly-il fit dp`` with the CPU config on ``dataset``, in process; returns the exit code."""
+    return cli_main(["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), *args])
+
+
 def test_bad_pred_horizon_via_cli(dataset, restore_argv, capsys):
-    rc = cli_main(
-        [
-            "fit",
-            "dp",
-            "--config",
-            str(CONFIG),
-            "--data.path",
-            str(dataset),
-            "--data.pred_horizon",
-            "10",
-            "--data.act_horizon",
-            "4",
-            "--trainer.fast_dev_run",
-            "true",
-        ]
-    )
+    rc = fit_dp(dataset, "--data.pred_horizon", "10", "--data.act_horizon", "4", "--trainer.fast_dev_run", "true")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert "data.pred_horizon=10 is not divisible by 4" in err[-1]
@@ -122,20 +112,7 @@ def test_bad_pred_horizon_via_cli(dataset, restore_argv, capsys):
 
 def test_fast_dev_run_cli(dataset, restore_argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rc = cli_main(
-        [
-            "fit",
-            "dp",
-            "--config",
-            str(CONFIG),
-            "--data.path",
-            str(dataset),
-            "--trainer.fast_dev_run",
-            "true",
-            "--data.batch_size",
-            "16",
-        ]
-    )
+    rc = fit_dp(dataset, "--trainer.fast_dev_run", "true", "--data.batch_size", "16")
     assert rc == 0
     assert "DP parameters:" in capsys.readouterr().err
 
@@ -143,28 +120,11 @@ def test_fast_dev_run_cli(dataset, restore_argv, capsys, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cli_fit_writes_checkpoint_that_loads_and_acts(dataset, restore_argv, tmp_path):
     root = tmp_path / "run"
-    rc = cli_main(
-        [
-            "fit",
-            "dp",
-            "--config",
-            str(CONFIG),
-            "--data.path",
-            str(dataset),
-            "--trainer.max_steps",
-            "3",
-            "--trainer.default_root_dir",
-            str(root),
-            "--data.batch_size",
-            "16",
-            "--trainer.val_check_interval",
-            "2",
-            "--model.inference",
-            "ddim",
-            "--model.num_inference_steps",
-            "4",
-        ]
-    )
+    rc = fit_dp(
+        dataset, "--trainer.max_steps", "3", "--trainer.default_root_dir", str(root), "--data.batch_size", "16",
+        "--trainer.val_check_interval", "2", "--model.policy.inference", "ddim", "--model.policy.num_inference_steps",
+        "4",
+    )  # fmt: skip
     assert rc == 0
     ckpt = root / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -181,10 +141,17 @@ def test_print_config_shows_parameter_count(dataset, restore_argv, capsys):
         cli_main(["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), "--print_config"])
     assert exc.value.code in (0, None)
     out = capsys.readouterr()
-    down_dims = yaml.safe_load(CONFIG.read_text())["model"]["down_dims"]
+    down_dims = yaml.safe_load(CONFIG.read_text())["model"]["policy"]["down_dims"]
     expected = sum(p.numel() for p in ConditionalUnet1D(3, 2 * 5, down_dims).parameters())
     assert f"DP parameters: {expected:,}" in out.err
     assert "down_dims:" in out.out  # stdout stays the YAML config
+
+
+def quiet_trainer(steps: int, ema: EMAWeightAveraging) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=[ema],
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("normalize_obs", [True, False])
@@ -192,25 +159,11 @@ def test_train_save_load_identical_actions(dataset, tmp_path, normalize_obs):
     """Train a few steps with EMA, save, load_policy: same actions for the same noise seed; bounds round-trip."""
     dm = DemoDataModule(str(dataset), obs_horizon=2, act_horizon=4, pred_horizon=8, batch_size=32)
     model = DiffusionModule(
-        obs_dim=dm.obs_dim,
-        act_dim=dm.act_dim,
-        obs_horizon=2,
-        act_horizon=4,
-        pred_horizon=8,
+        dict(obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8, **SMALL),
         normalize_obs=normalize_obs,
         warmup_steps=2,
-        **SMALL,
     )
-    trainer = pl.Trainer(
-        max_steps=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[EMAWeightAveraging(decay=0.5)],
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(4, EMAWeightAveraging(decay=0.5))
     trainer.fit(model, dm)
     ckpt_path = tmp_path / "dp.ckpt"
     trainer.save_checkpoint(ckpt_path)
@@ -248,18 +201,9 @@ def test_checkpoint_before_first_ema_update_keeps_dataset_bounds(dataset, tmp_pa
     """The EMA copy is made before the module sets its normalizers; it must still carry the dataset bounds."""
     dm = DemoDataModule(str(dataset), obs_horizon=2, act_horizon=4, pred_horizon=8, batch_size=32)
     model = DiffusionModule(
-        obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8, **SMALL
+        dict(obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8, **SMALL)
     )
-    trainer = pl.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[EMAWeightAveraging(decay=0.9, update_starting_at_step=100)],
-    )
+    trainer = quiet_trainer(2, EMAWeightAveraging(decay=0.9, update_starting_at_step=100))
     trainer.fit(model, dm)
     trainer.save_checkpoint(tmp_path / "early.ckpt")
     loaded = load_policy(tmp_path / "early.ckpt")

@@ -22,17 +22,14 @@ TINY = {
     "diffusion_step_embed_dim": 8,
     "inference": "ddim",
     "num_inference_steps": 2,
-    "warmup_steps": 1,
-    "lr": 1e-2,
 }
 
 
 def _setup(path, obs_dim, act_dim, env_id):
     make_synthetic_dataset(path, num_episodes=3, obs_dim=obs_dim, act_dim=act_dim, env_id=env_id)
     dm = DemoDataModule(str(path), obs_horizon=2, act_horizon=4, pred_horizon=8, batch_size=8, val_ratio=0.0)
-    model = DiffusionModule(
-        obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8, **TINY
-    )
+    shape = dict(obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=2, act_horizon=4, pred_horizon=8)
+    model = DiffusionModule({**shape, **TINY}, warmup_steps=1, lr=1e-2)
     return dm, model
 
 

@@ -11,8 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script, suffix", [("table1.sh", ""), ("table1_cpu.sh", "-cpu")])
-def test_table1_scripts_dry_run(script, suffix, tmp_path):
+@pytest.mark.parametrize("script, scale", [("table1.sh", "paper"), ("table1_cpu.sh", "cpu")])
+def test_table1_scripts_dry_run(script, scale, tmp_path):
     path = REPO / "eval" / script
     subprocess.run(["bash", "-n", str(path)], check=True)
     env = {**os.environ, "DRY_RUN": "1", "SEEDS": "0 1 2", "TASKS": "PushCube-v1 StackCube-v1"}
@@ -25,9 +25,9 @@ def test_table1_scripts_dry_run(script, suffix, tmp_path):
         for seed in (0, 1, 2):
             root = f"seed{seed} --seed_everything {seed}"
             s1, s2, dp = (c for c in fits if f"/{task}/seed{seed} " in c)
-            assert s1.startswith(f"mepoly-il fit stage1 --config configs/stage1/{task}{suffix}.yaml") and root in s1
-            assert f"configs/stage2/{task}{suffix}.yaml" in s2 and "--model.stage1_ckpt" in s2
+            assert s1.startswith(f"mepoly-il fit stage1 --config configs/stage1/{scale}.yaml") and root in s1
+            assert f"configs/stage2/{scale}.yaml" in s2 and "--model.stage1_ckpt" in s2
             assert f"/stage1/{task}/seed{seed}/" in s2 and "EvalCallback" in s2 and root in s2
-            assert f"configs/dp/{task}{suffix}.yaml" in dp and "EvalCallback" in dp and root in dp
+            assert f"configs/dp/{scale}.yaml" in dp and "EvalCallback" in dp and root in dp
             assert "EvalCallback" not in s1  # stage 1 cannot act
     assert cmds[-1].startswith("mepoly-il eval summary") and "--source training" in cmds[-1]

@@ -163,8 +163,10 @@ def _stage1(**kw):
     from mepoly_il.policies.mepoly.lightning import Stage1Module
 
     return Stage1Module(
-        5, 3, 2, 4, 8, d_model=32, n_heads=4, ff_dim=64, enc_layers=1, obs_layers=1, dec_layers=1, dropout=0.0, **kw
-    )
+        dict(obs_dim=5, act_dim=3, obs_horizon=2, act_horizon=4, pred_horizon=8, d_model=32, n_heads=4, ff_dim=64,
+             enc_layers=1, obs_layers=1, dec_layers=1, dropout=0.0),
+        **kw,
+    )  # fmt: skip
 
 
 def test_stage1_iso_latent_switch_is_validated_and_latent_gain_reported():

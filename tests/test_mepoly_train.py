@@ -21,8 +21,10 @@ from mepoly_il.policies.mepoly.lightning import Stage1Module, Stage2Module
 from mepoly_il.policies.mepoly.policy import policy_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model.d_model", "32", "--model.ff_dim", "64", "--data.batch_size", "32"]
+TINY = ["--model.policy.d_model", "32", "--model.policy.ff_dim", "64", "--data.batch_size", "32"]
 TINY_KW = dict(d_model=32, ff_dim=64, dropout=0.0)
+SHAPE = dict(obs_dim=5, act_dim=3, obs_horizon=2)  # what `fit` links from the data into model.policy
+PRIOR = {**SHAPE, "act_horizon": 8, "pred_horizon": 16, "prior_hidden": [32, 32], "poly_order": 4}
 
 
 def run_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -62,11 +64,16 @@ def stage1_ckpt(workdir, dataset) -> Path:
     """Stage 1 through the CLI with the shipped CPU config (20 steps, tiny width)."""
     root = workdir / "s1"
     res = run_cli(
-        "fit", "stage1", "--config", "configs/stage1/PushCube-v1-cpu.yaml", "--data.path", str(dataset),
+        "fit", "stage1", "--config", "configs/stage1/cpu.yaml", "--data.path", str(dataset),
         "--trainer.default_root_dir", str(root), "--trainer.max_steps", "20",
         "--trainer.val_check_interval", "10", "--trainer.log_every_n_steps", "5",
         *TINY,
     )  # fmt: skip
+    return _last_ckpt(res, root)
+
+
+def _last_ckpt(res: subprocess.CompletedProcess, root: Path) -> Path:
+    """The run's last.ckpt, after checking that the run succeeded quietly."""
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Previous log files" not in res.stderr  # the CSV logger joins the run quietly (run_layout.py)
     ckpt = root / "checkpoints" / "last.ckpt"
@@ -78,16 +85,12 @@ def stage1_ckpt(workdir, dataset) -> Path:
 def stage2_ckpt(workdir, dataset, stage1_ckpt) -> Path:
     root = workdir / "s2"
     res = run_cli(
-        "fit", "stage2", "--config", "configs/stage2/PushCube-v1-cpu.yaml", "--data.path", str(dataset),
+        "fit", "stage2", "--config", "configs/stage2/cpu.yaml", "--data.path", str(dataset),
         "--model.stage1_ckpt", str(stage1_ckpt), "--trainer.default_root_dir", str(root),
         "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
-        "--model.prior_hidden", "[32, 32]", "--model.poly_order", "4", "--data.batch_size", "32",
+        "--model.policy.prior_hidden", "[32, 32]", "--model.policy.poly_order", "4", "--data.batch_size", "32",
     )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "Previous log files" not in res.stderr  # the CSV logger joins the run quietly (run_layout.py)
-    ckpt = root / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    return ckpt
+    return _last_ckpt(res, root)
 
 
 def test_stage1_cli_run_writes_checkpoint_logs_and_latent_plot(stage1_ckpt):
@@ -119,7 +122,7 @@ def test_resume_continues_in_place_and_keeps_command_line_overrides(stage1_ckpt,
     root = tmp_path / "s1"
     shutil.copytree(stage1_ckpt.parents[1], root)
     res = run_cli(
-        "fit", "stage1", "--config", "configs/stage1/PushCube-v1-cpu.yaml", "--data.path", str(dataset),
+        "fit", "stage1", "--config", "configs/stage1/cpu.yaml", "--data.path", str(dataset),
         "--trainer.default_root_dir", str(root), "--trainer.max_steps", "24", "--model.beta_iso", "0.7",
         "--ckpt_path", str(root / "checkpoints" / "last.ckpt"), *TINY,
     )  # fmt: skip
@@ -151,12 +154,12 @@ def test_cli_fast_dev_run_both_stages(dataset, stage1_ckpt, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     res = run_cli("fit", "stage2", "--data.path", str(dataset), "--model.stage1_ckpt", str(stage1_ckpt),
                   "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path / "b"),
-                  "--model.prior_hidden", "[32, 32]", "--model.prior", "gmm")  # fmt: skip
+                  "--model.policy.prior_hidden", "[32, 32]", "--model.policy.prior", "gmm")  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
 
 
 def test_print_config_shows_every_stage2_option(dataset, stage1_ckpt):
-    res = run_cli("fit", "stage2", "--config", "configs/stage2/PushCube-v1-cpu.yaml", "--print_config")
+    res = run_cli("fit", "stage2", "--config", "configs/stage2/cpu.yaml", "--print_config")
     assert res.returncode == 0, res.stderr[-2000:]
     for key in (
         "stage1_ckpt:",
@@ -171,8 +174,7 @@ def test_print_config_shows_every_stage2_option(dataset, stage1_ckpt):
 
 def test_stage2_freezes_encoder_bit_identically_and_moves_decoder(dataset, stage1_ckpt, tmp_path):
     s1 = policy_state_dict(read_checkpoint(stage1_ckpt))
-    module = Stage2Module(str(stage1_ckpt), obs_dim=5, act_dim=3, prior_hidden=[32, 32], poly_order=4,
-                          lr_decoder=1e-3)  # fmt: skip
+    module = Stage2Module(str(stage1_ckpt), policy=PRIOR, lr_decoder=1e-3)
     dm = DemoDataModule(str(dataset), batch_size=32)
     trainer(tmp_path, 5, callbacks=[EMAWeightAveraging(decay=0.9)]).fit(module, dm)
     after = module.policy.state_dict()
@@ -184,7 +186,7 @@ def test_stage2_freezes_encoder_bit_identically_and_moves_decoder(dataset, stage
 
 
 def test_save_load_gives_identical_actions(dataset, stage1_ckpt, tmp_path):
-    module = Stage2Module(str(stage1_ckpt), obs_dim=5, act_dim=3, prior_hidden=[32, 32], poly_order=4)
+    module = Stage2Module(str(stage1_ckpt), policy=PRIOR)
     dm = DemoDataModule(str(dataset), batch_size=32)
     tr = trainer(tmp_path, 3, callbacks=[EMAWeightAveraging(decay=0.9)])
     tr.fit(module, dm)
@@ -203,7 +205,9 @@ def test_save_load_gives_identical_actions(dataset, stage1_ckpt, tmp_path):
 @pytest.mark.slow
 def test_stage1_overfits_a_tiny_dataset(tmp_path):
     path = make_synthetic_dataset(tmp_path / "tiny.zarr", num_episodes=2, length=(20, 20), seed=1)
-    module = Stage1Module(obs_dim=5, act_dim=3, lr=2e-3, warmup_steps=10, latent_plot_samples=0, **TINY_KW)
+    module = Stage1Module(
+        {**SHAPE, "act_horizon": 8, "pred_horizon": 16, **TINY_KW}, lr=2e-3, warmup_steps=10, latent_plot_samples=0
+    )
     dm = DemoDataModule(str(path), batch_size=64, val_ratio=0.0)
     trainer(tmp_path, 250).fit(module, dm)
     dm.setup("fit")
@@ -216,7 +220,7 @@ def test_stage1_overfits_a_tiny_dataset(tmp_path):
 
 def test_stage2_rejects_missing_or_mismatched_stage1(dataset, stage1_ckpt, tmp_path):
     with pytest.raises(UserError, match="nope.ckpt: file not found"):
-        Stage2Module(str(tmp_path / "nope.ckpt"), obs_dim=5, act_dim=3)
+        Stage2Module(str(tmp_path / "nope.ckpt"), policy=PRIOR)
     other = make_synthetic_dataset(tmp_path / "wide.zarr", num_episodes=3, obs_dim=7)
     res = run_cli(
         "fit", "stage2", "--data.path", str(other), "--model.stage1_ckpt", str(stage1_ckpt),
@@ -244,7 +248,7 @@ def test_malicious_pickle_is_refused(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(dataset, tmp_path):
     res = run_cli(
-        "fit", "stage1", "--config", "configs/stage1/PushCube-v1-cpu.yaml", "--data.path", str(dataset),
+        "fit", "stage1", "--config", "configs/stage1/cpu.yaml", "--data.path", str(dataset),
         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path),
         "--model.latent_plot_samples", "64", *TINY,

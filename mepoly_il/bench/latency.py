@@ -41,26 +41,26 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def mepoly_size(scale: str, env_id: str = "PushCube-v1") -> tuple[dict[str, Any], str]:
-    """MePolyPolicy kwargs for ``scale``: from configs/stage1 + stage2/<env>[-cpu].yaml when present, else defaults.
+    """MePolyPolicy kwargs for ``scale``: ``model.policy`` of configs/stage1 + stage2/{cpu,paper}.yaml when present,
+    else defaults (``env_id`` is kept for callers; the configs hold no task facts).
 
     Returns (kwargs, where they came from)."""
-    import inspect
+    import dataclasses
 
     import yaml
 
-    from mepoly_il.policies.mepoly.policy import MePolyPolicy
+    from mepoly_il.policies.mepoly.config import MePolyConfig
 
     if scale == "quick":
         return dict(MEPOLY_SCALES["quick"]), "built-in quick size"
-    names = set(inspect.signature(MePolyPolicy.__init__).parameters) - {"self", "obs_dim", "act_dim"}
-    suffix = "-cpu" if scale == "cpu" else ""
+    names = {f.name for f in dataclasses.fields(MePolyConfig)} - set(MePolyConfig.SHAPE_FIELDS)
     kwargs: dict[str, Any] = {}
     found = []
     for stage in ("stage1", "stage2"):
-        path = CONFIG_DIR / stage / f"{env_id}{suffix}.yaml"
+        path = CONFIG_DIR / stage / f"{scale}.yaml"
         if path.is_file():
-            model = (yaml.safe_load(path.read_text()) or {}).get("model", {}) or {}
-            kwargs.update({k: v for k, v in model.items() if k in names and not k.endswith("_horizon")})
+            policy = ((yaml.safe_load(path.read_text()) or {}).get("model", {}) or {}).get("policy", {}) or {}
+            kwargs.update({k: v for k, v in policy.items() if k in names})
             found.append(str(path.relative_to(CONFIG_DIR.parent)))
     if not found:
         return dict(MEPOLY_SCALES[scale]), f"built-in {scale} size (no MePoly configs found)"

@@ -1,12 +1,13 @@
 """`mepoly-il bench train`: training wall time per step, Diffusion Policy vs MePoly stage 1 + stage 2, side by side.
 
-Each model is built from its own YAML (``configs/{dp,stage1,stage2}/<ENV>[-cpu].yaml``: model section and batch size)
-and trained by a real Lightning ``Trainer`` (forward, backward, optimizer, LR schedule, EMA update) on a synthetic
-dataset with the task's dimensions; a callback times every training step. Stage 2 starts from the stage-1 checkpoint
-written in the same run. Goal: stage 1 + stage 2 per step no slower than DP per step, i.e. MePoly's two
-stages together cost no more than DP at the same step budget.
+Each model is built from its own YAML (``configs/{dp,stage1,stage2}/{cpu,paper}.yaml``, plus a per-task file
+``<ENV>[-cpu].yaml`` beside it where one exists: model section and batch size) with the task's widths and horizons
+from :mod:`mepoly_il.tasks`, and trained by a real Lightning ``Trainer`` (forward, backward, optimizer, LR schedule,
+EMA update) on a synthetic dataset with the task's dimensions; a callback times every training step. Stage 2 starts
+from the stage-1 checkpoint written in the same run. Goal: stage 1 + stage 2 per step no slower than DP
+per step, i.e. MePoly's two stages together cost no more than DP at the same step budget.
 
-    mepoly-il bench train --scale cpu          # the -cpu configs (default)
+    mepoly-il bench train --scale cpu          # the cpu.yaml configs (default)
     mepoly-il bench train --scale paper        # the paper-scale configs (slow on CPU: batch 1024)
     mepoly-il bench train --quick              # smoke test: batch 32, 3 timed steps
 """
@@ -27,18 +28,28 @@ from mepoly_il.bench.machine import machine_info
 from mepoly_il.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-#: State dimensions of the benchmarked tasks (ManiSkill 3.0.1, obs_mode="state").
-TASK_DIMS = {"PushCube-v1": (35, 4), "PickCube-v1": (42, 4), "StackCube-v1": (48, 4), "PushT-v1": (31, 6)}
-HORIZON_KEYS = ("obs_horizon", "act_horizon", "pred_horizon")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, section by section (how LightningCLI applies a second --config)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _config(kind: str, env_id: str, scale: str, config_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The ``kind`` config at ``scale`` with the task's own file (``<env_id>[-cpu].yaml``) on top when present."""
     import yaml
 
-    path = config_dir / kind / (f"{env_id}-cpu.yaml" if scale == "cpu" else f"{env_id}.yaml")
+    path = config_dir / kind / f"{scale}.yaml"
     if not path.is_file():
-        raise UserError(f"{path}: config not found; bench train reads the {kind} config of --env at --scale {scale}")
-    return path, yaml.safe_load(path.read_text())
+        raise UserError(f"{path}: config not found; bench train reads configs/{kind}/{scale}.yaml (--scale {scale})")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    task_file = config_dir / kind / (f"{env_id}-cpu.yaml" if scale == "cpu" else f"{env_id}.yaml")
+    if task_file.is_file():
+        cfg = _merge(cfg, yaml.safe_load(task_file.read_text()) or {})
+    return path, cfg
 
 
 class StepTimer:
@@ -72,7 +83,7 @@ def _fit(module, data_cfg: dict[str, Any], dataset: Path, steps: int, batch_size
 
     from mepoly_il.data.datamodule import DemoDataModule
 
-    data = {k: v for k, v in data_cfg.items() if k in (*HORIZON_KEYS, "batch_size")}
+    data = {k: v for k, v in data_cfg.items() if k in ("obs_horizon", "act_horizon", "pred_horizon", "batch_size")}
     if batch_size:
         data["batch_size"] = batch_size
     dm = DemoDataModule(str(dataset), val_ratio=0.0, **data)
@@ -97,15 +108,25 @@ def _fit(module, data_cfg: dict[str, Any], dataset: Path, steps: int, batch_size
     return trainer, dm, timer.times
 
 
+def _horizons(data_cfg: dict[str, Any]) -> dict[str, int]:
+    """Horizons a config sets explicitly (they override the task's, as ``--data.*_horizon`` does)."""
+    return {k: v for k, v in data_cfg.items() if k in ("obs_horizon", "act_horizon", "pred_horizon") and v is not None}
+
+
+def _with_task(data_cfg: dict[str, Any], task) -> dict[str, Any]:
+    """The data section with the task's horizons filled in (the synthetic dataset has no registered task)."""
+    return {**data_cfg, **task.horizons(), **_horizons(data_cfg)}
+
+
 def run(env_id: str, scale: str, steps: int, warmup: int, batch_size: int | None, config_dir: Path) -> dict[str, Any]:
     """Time DP, stage 1 and stage 2; returns the JSON-ready result."""
     from mepoly_il.data.synthetic import make_synthetic_dataset
     from mepoly_il.policies.diffusion.lightning import DiffusionModule
     from mepoly_il.policies.mepoly.lightning import Stage1Module, Stage2Module
+    from mepoly_il.tasks import get_task
 
-    if env_id not in TASK_DIMS:
-        raise UserError(f"--env {env_id}: unknown task; choose one of {sorted(TASK_DIMS)}")
-    obs_dim, act_dim = TASK_DIMS[env_id]
+    task = get_task(env_id)
+    obs_dim, act_dim = task.obs_dim, task.act_dim
     cfgs = {kind: _config(kind, env_id, scale, config_dir) for kind in ("dp", "stage1", "stage2")}
     total = warmup + steps
     rows: dict[str, dict[str, Any]] = {}
@@ -117,7 +138,12 @@ def run(env_id: str, scale: str, steps: int, warmup: int, batch_size: int | None
         dataset = make_synthetic_dataset(
             tmp / "bench.zarr", num_episodes=n_eps, obs_dim=obs_dim, act_dim=act_dim, length=(70, 90)
         )
-        links = lambda data: {k: data[k] for k in HORIZON_KEYS if k in data}
+
+        def model_args(cfg: dict[str, Any], **extra: Any) -> dict[str, Any]:
+            """The module's arguments: the YAML's model section, with the shape `fit` would link into the policy."""
+            shape = {"obs_dim": obs_dim, "act_dim": act_dim, **task.horizons(), **_horizons(cfg.get("data", {}))}
+            model = {**cfg.get("model", {}), **extra}
+            return {**model, "policy": {**(model.get("policy") or {}), **shape}}
 
         def record(name, path, module, times, batch):
             timed = times[warmup:]
@@ -139,24 +165,22 @@ def run(env_id: str, scale: str, steps: int, warmup: int, batch_size: int | None
         # -- DP
         path, cfg = cfgs["dp"]
         torch.manual_seed(0)
-        dp = DiffusionModule(obs_dim=obs_dim, act_dim=act_dim, **links(cfg["data"]), **cfg.get("model", {}))
-        _, dm, times = _fit(dp, cfg["data"], dataset, total, batch_size, tmp / "dp")
+        dp = DiffusionModule(**model_args(cfg))
+        _, dm, times = _fit(dp, _with_task(cfg["data"], task), dataset, total, batch_size, tmp / "dp")
         record("dp", path, dp, times, dm.batch_size)
         # -- stage 1
         path, cfg = cfgs["stage1"]
-        model_cfg = {**cfg.get("model", {}), "latent_plot_samples": 0}
         torch.manual_seed(0)
-        s1 = Stage1Module(obs_dim=obs_dim, act_dim=act_dim, **links(cfg["data"]), **model_cfg)
-        trainer, dm, times = _fit(s1, cfg["data"], dataset, total, batch_size, tmp / "s1")
+        s1 = Stage1Module(**model_args(cfg, latent_plot_samples=0))
+        trainer, dm, times = _fit(s1, _with_task(cfg["data"], task), dataset, total, batch_size, tmp / "s1")
         record("stage1", path, s1, times, dm.batch_size)
         stage1_ckpt = tmp / "stage1.ckpt"
         trainer.save_checkpoint(stage1_ckpt)
         # -- stage 2
         path, cfg = cfgs["stage2"]
-        model_cfg = {**cfg.get("model", {}), "stage1_ckpt": str(stage1_ckpt)}
         torch.manual_seed(0)
-        s2 = Stage2Module(obs_dim=obs_dim, act_dim=act_dim, **links(cfg["data"]), **model_cfg)
-        _, dm, times = _fit(s2, cfg["data"], dataset, total, batch_size, tmp / "s2")
+        s2 = Stage2Module(**model_args(cfg, stage1_ckpt=str(stage1_ckpt)))
+        _, dm, times = _fit(s2, _with_task(cfg["data"], task), dataset, total, batch_size, tmp / "s2")
         record("stage2", path, s2, times, dm.batch_size)
 
     t = {k: v["median_s_per_step"] for k, v in rows.items()}
@@ -219,7 +243,7 @@ def benchmark(
     """Time training steps of DP, stage 1 and stage 2, print the table and write the JSON.
 
     Args:
-        scale: cpu or paper: configs <ENV>-cpu.yaml or <ENV>.yaml
+        scale: cpu or paper: configs/{dp,stage1,stage2}/{cpu,paper}.yaml (plus a per-task file where one exists)
         env: task whose configs and dimensions are used
         steps: timed training steps per model
         warmup: untimed steps first (allocator, first-call overheads)

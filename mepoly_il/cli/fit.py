@@ -1,7 +1,8 @@
 """`mepoly-il fit {stage1,stage2,dp} [LightningCLI args]`: training through LightningCLI.
 
-The dataset (``--data.path``) fixes the observation/action dimensions, which are linked into the model when both are
-instantiated; horizons are declared once under ``data`` and linked into the model at parse time.
+The dataset (``--data.path``) fixes the policy's shape: ``data.obs_dim``, ``data.act_dim`` and the three horizons
+(from the dataset's task in :mod:`mepoly_il.tasks` unless ``--data.*_horizon`` overrides them) are linked into
+``model.policy`` when the DataModule is built, so configs hold no task facts.
 """
 
 from __future__ import annotations
@@ -57,10 +58,20 @@ def main(argv: list[str]) -> int:
 
     class _CLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:  # noqa: D401
-            for key in ("obs_horizon", "act_horizon", "pred_horizon"):
-                parser.link_arguments(f"data.{key}", f"model.{key}")
-            parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
-            parser.link_arguments("data.act_dim", "model.act_dim", apply_on="instantiate")
+            from mepoly_il.policies.base import PolicyShape
+
+            for key in PolicyShape.SHAPE_FIELDS:
+                parser.link_arguments(f"data.{key}", f"model.policy.{key}", apply_on="instantiate")
+
+        def before_instantiate_classes(self) -> None:
+            # The configs hold no task facts, so no per-task output folder either: default to
+            # checkpoints/<stage>/<dataset name> rather than Lightning's current directory.
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            if cfg.trainer.default_root_dir is None and cfg.data.path:
+                from pathlib import Path
+
+                cfg.trainer.default_root_dir = str(Path("checkpoints") / stage / Path(cfg.data.path).stem)
+                print(f"# trainer.default_root_dir: {cfg.trainer.default_root_dir}", file=sys.stderr)
 
         def parse_arguments(self, parser, args) -> None:
             # --print_config exits inside parsing; first report the model size to stderr (stdout stays valid YAML)

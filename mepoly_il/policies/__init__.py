@@ -5,8 +5,10 @@ Checkpoint contract (every Lightning module in this package writes it):
 * the file loads with ``torch.load(path, weights_only=True)``: hyperparameters are primitives, so loading a
   downloaded checkpoint never unpickles arbitrary objects;
 * ``ckpt["mepoly_il"]`` = ``{"format_version": 1, "policy": "mepoly" | "dp" | None (stage 1), "dataset":
-  {...provenance..., "episode_seeds": [...]}, "policy_config": {...}, "hparams": {...}}``;
-* ``policy_config`` (primitives) rebuilds the network; ``ckpt["state_dict"]`` holds the weights to act with (the EMA
+  {...provenance..., "episode_seeds": [...]}, "policy_config": {...}, "hparams": {...}}``, written by
+  :class:`~mepoly_il.policies.lightning_base.PolicyModule`; a newer ``format_version`` is refused on load;
+* ``policy_config`` (the policy's config dataclass as primitives: ``MePolyConfig``, ``DiffusionConfig``) rebuilds
+  the network; ``ckpt["state_dict"]`` holds the weights to act with (the EMA
   weights when the EMA callback ran), with the policy under the ``policy.`` prefix;
 * there is no ``ckpt["hyper_parameters"]``: LightningCLI would re-apply it *over* the command line on ``--ckpt_path``
   resume (Lightning PR #21455), so the modules keep it in ``mepoly_il.hparams`` and the run's ``config.yaml``.
@@ -26,6 +28,7 @@ import torch
 from mepoly_il.errors import UserError
 from mepoly_il.policies.base import BasePolicy
 
+#: The ``ckpt["mepoly_il"]`` layout written by this version (the one place it is declared).
 CHECKPOINT_FORMAT_VERSION = 1
 
 #: policy kind -> "module:function" building a BasePolicy from a loaded checkpoint dict.
@@ -54,6 +57,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or "mepoly_il" not in ckpt or "state_dict" not in ckpt:
         raise UserError(f"{path}: not a mepoly-il policy checkpoint (no 'mepoly_il' section); use a .ckpt from fit")
+    version = ckpt["mepoly_il"].get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT_VERSION:
+        raise UserError(
+            f"{path}: checkpoint format version {version!r} is not one this mepoly-il reads (1 to "
+            f"{CHECKPOINT_FORMAT_VERSION}); it was written by another version, upgrade mepoly-il"
+        )
     return ckpt
 
 

@@ -13,15 +13,11 @@
   are frozen; the observation encoder and decoder keep training at ``lr_decoder`` (one AdamW, two parameter
   groups) with their gradient norm clipped to ``decoder_grad_clip``.
 
-Both hold ``self.policy`` (a :class:`MePolyPolicy`), so checkpoints carry ``policy.*`` weights. Every
-checkpoint gets ``ckpt["mepoly_il"]`` with the primitive ``policy_config`` that rebuilds the network and the
-dataset provenance; stage-1 checkpoints say ``"policy": None`` (they cannot act).
-
-Resuming (``--ckpt_path``): LightningCLI re-parses ``ckpt["hyper_parameters"]`` *over* the command line, so a
-``--model.lr`` given together with ``--ckpt_path`` would be silently replaced by the checkpoint's value
-(Lightning PR #21455). These modules therefore keep ``hyper_parameters`` out of the checkpoint file (they are
-in the run's ``config.yaml`` and in ``ckpt["mepoly_il"]["hparams"]``): resume with the same ``--config`` and
-the command line means what it says.
+Both hold ``self.policy`` (a :class:`MePolyPolicy`), so checkpoints carry ``policy.*`` weights. The network's
+settings are ``model.policy`` (stage 1: :class:`MePolyVAEConfig`; stage 2: :class:`MePolyPriorConfig`, the VAE
+coming from the stage-1 checkpoint); the loss weights and optimiser settings are the modules' own arguments.
+Checkpoint block, EMA sync, run layout and LR schedule: :class:`~mepoly_il.policies.lightning_base.PolicyModule`;
+stage-1 checkpoints say ``"policy": None`` (they cannot act).
 """
 
 from __future__ import annotations
@@ -30,20 +26,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
 from mepoly_il.errors import UserError
+from mepoly_il.policies.lightning_base import PolicyModule, as_config, check_lr_schedule, data_shape
+from mepoly_il.policies.mepoly.config import MePolyConfig, MePolyPriorConfig, MePolyVAEConfig
 from mepoly_il.policies.mepoly.policy import MePolyPolicy
-from mepoly_il.policies.mepoly.priors import PRIOR_KINDS, to_box
-from mepoly_il.policies.run_layout import arrange_run_outputs
-from mepoly_il.utils import to_primitive as _primitive
-
-FORMAT_VERSION = 1
-_LINKED = ("obs_dim", "act_dim", "obs_horizon", "act_horizon", "pred_horizon")
+from mepoly_il.policies.mepoly.priors import to_box
+from mepoly_il.utils import to_primitive
 
 
 def mds_stress(traj: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -70,76 +63,22 @@ def kl_to_isotropic(mu: torch.Tensor, logvar: torch.Tensor, sigma0: float) -> to
     return kl.sum(-1).mean()
 
 
-def _lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
-    def fn(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant" or total_steps <= warmup_steps:
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return fn
-
-
-class _MePolyModule(L.LightningModule):
-    """Shared plumbing: normalizers from the data, EMA sync, checkpoint metadata, LR schedule."""
-
+class _MePolyModule(PolicyModule):
     policy: MePolyPolicy
     stage: int
 
-    def _dataset_meta(self) -> dict[str, Any]:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return _primitive(dict(getattr(dm, "meta", {}) or {}))
-
-    def _sync_average_models(self) -> None:
-        # EMAWeightAveraging deep-copies the module in its own setup(), which runs *before* ours; push the
-        # freshly set normalizer buffers (and stage-1 weights) into that copy so an EMA model that has not
-        # been updated yet (or uses use_buffers=False) never acts with identity normalizers.
-        from lightning.pytorch.callbacks import WeightAveraging
-
-        for cb in self.trainer.callbacks:
-            avg = getattr(cb, "_average_model", None) if isinstance(cb, WeightAveraging) else None
-            if avg is not None:
-                avg.module.load_state_dict(self.state_dict())
-
-    def _configure_schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
-        hp = self.hparams
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(hp.warmup_steps, total, hp.lr_schedule))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hparams = _primitive({k: v for k, v in self.hparams.items() if not k.startswith("_")})
-        checkpoint.pop("hyper_parameters", None)  # see the module docstring: resume must not override the CLI
-        checkpoint["mepoly_il"] = {
-            "format_version": FORMAT_VERSION,
-            "policy": "mepoly" if self.stage == 2 else None,
-            "stage": self.stage,
-            "policy_config": _primitive(self.policy.config()),
-            "hparams": hparams,
-            "dataset": self._dataset_meta(),
-            **self._extra_meta(),
-        }
-
     def _extra_meta(self) -> dict[str, Any]:
-        return {}
+        return {"stage": self.stage}
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return self._with_schedule(optimizer, self.hparams.warmup_steps, self.hparams.lr_schedule)
 
 
 class Stage1Module(_MePolyModule):
     """Stage 1: trajectory VAE with MDS stress, box and KL regularizers.
 
     Args:
-        obs_dim, act_dim: linked from the dataset (``data.obs_dim``/``data.act_dim``); do not set them.
-        obs_horizon, act_horizon, pred_horizon: linked from ``data.*_horizon``; do not set them.
-        latent_dim: dz, dimension of the latent trajectory code (paper: 3).
-        d_model: Transformer width (paper: 256).
-        n_heads: attention heads (paper: 4).
-        ff_dim: feed-forward width of every Transformer layer (2048, PyTorch's default).
-        enc_layers: action-encoder depth (paper: 3).
-        obs_layers: observation-encoder depth (paper: 2).
-        dec_layers: decoder blocks (paper: 4).
-        dropout: Transformer dropout.
+        policy: the VAE's settings (:class:`MePolyVAEConfig`); its widths and horizons come from the dataset.
         beta_iso: weight of the MDS stress between trajectory and latent pairwise distances.
         iso_latent: which code the stress sees during training: ``"mean"`` (the posterior mean; default) or
             ``"sample"`` (the reparameterized sample, the paper's L(tau, z)). See ``val/latent_gain`` (reconstruction
@@ -159,19 +98,7 @@ class Stage1Module(_MePolyModule):
 
     def __init__(
         self,
-        obs_dim: int,
-        act_dim: int,
-        obs_horizon: int = 2,
-        act_horizon: int = 8,
-        pred_horizon: int = 16,
-        latent_dim: int = 3,
-        d_model: int = 256,
-        n_heads: int = 4,
-        ff_dim: int = 2048,
-        enc_layers: int = 3,
-        obs_layers: int = 2,
-        dec_layers: int = 4,
-        dropout: float = 0.1,
+        policy: MePolyVAEConfig = MePolyVAEConfig(),  # noqa: B008 (jsonargparse shows the default's fields)
         beta_iso: float = 0.1,
         iso_latent: str = "mean",
         beta_box: float = 1.0,
@@ -185,8 +112,8 @@ class Stage1Module(_MePolyModule):
         latent_plot_samples: int = 4096,
     ) -> None:
         super().__init__()
-        if lr_schedule not in ("cosine", "constant"):
-            raise UserError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        policy = as_config(policy, MePolyVAEConfig)
+        check_lr_schedule("model.lr_schedule", lr_schedule)
         if iso_latent not in ("mean", "sample"):
             raise UserError(f"model.iso_latent must be 'mean' or 'sample', got {iso_latent!r}")
         if not 0.0 < box_delta <= 1.0:
@@ -194,41 +121,15 @@ class Stage1Module(_MePolyModule):
         if prior_sigma <= 0:
             raise UserError(f"model.prior_sigma must be > 0, got {prior_sigma}")
         self.save_hyperparameters()
-        try:
-            self.policy = MePolyPolicy(
-                obs_dim, act_dim, obs_horizon, act_horizon, pred_horizon, latent_dim=latent_dim,
-                d_model=d_model, n_heads=n_heads, ff_dim=ff_dim, enc_layers=enc_layers, obs_layers=obs_layers,
-                dec_layers=dec_layers, dropout=dropout, prior=None,
-            )  # fmt: skip
-        except ValueError as err:
-            raise UserError(f"invalid stage-1 model configuration: {err}") from None
+        self.hparams.policy = policy
+        self.policy = MePolyPolicy(MePolyConfig.from_stages(policy, None))
 
     @classmethod
     def count_parameters(cls, model: dict[str, Any], data: dict[str, Any]) -> str:
         """One line with the parameter count of the configured network (used by ``--print_config``)."""
-        dims = _data_dims(data)
-        keys = (
-            "latent_dim",
-            "d_model",
-            "n_heads",
-            "ff_dim",
-            "enc_layers",
-            "obs_layers",
-            "dec_layers",
-            "dropout",
-        )
-        kw = {k: model[k] for k in keys if model.get(k) is not None}
-        counts = MePolyPolicy(**dims, **kw, prior=None).num_parameters()
+        vae = MePolyVAEConfig(**{**(model.get("policy") or {}), **data_shape(data)})
+        counts = MePolyPolicy(MePolyConfig.from_stages(vae, None)).num_parameters()
         return f"MePoly stage 1: {counts['total']:,} parameters ({_fmt_counts(counts)})"
-
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if stage == "fit":
-            arrange_run_outputs(self.trainer)
-        if stage == "fit" and dm is not None:
-            # On resume the checkpoint restores the same buffers right after this.
-            self.policy.set_normalizers(dm.obs_bounds, dm.act_bounds)
-            self._sync_average_models()
 
     def _losses(self, batch: dict[str, torch.Tensor], sample: bool) -> dict[str, torch.Tensor]:
         hp = self.hparams
@@ -275,7 +176,7 @@ class Stage1Module(_MePolyModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        return self._configure_schedule(opt)
+        return self._schedule(opt)
 
     def on_train_end(self) -> None:
         # Runs after EMAWeightAveraging.on_train_end, so the plot shows the EMA encoder that stage 2 will use.
@@ -331,16 +232,6 @@ class Stage1Module(_MePolyModule):
         plt.close(fig)
 
 
-def _data_dims(data: dict[str, Any]) -> dict[str, int]:
-    from mepoly_il.data.datamodule import DemoDataModule
-
-    dm = DemoDataModule(**{k: v for k, v in data.items() if v is not None})
-    return dict(
-        obs_dim=dm.obs_dim, act_dim=dm.act_dim, obs_horizon=dm.obs_horizon, act_horizon=dm.act_horizon,
-        pred_horizon=dm.pred_horizon,
-    )  # fmt: skip
-
-
 def _fmt_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")
 
@@ -369,18 +260,10 @@ class Stage2Module(_MePolyModule):
     """Stage 2: polynomial (or Gaussian / GMM) latent prior, with a continued low-LR decoder update.
 
     Args:
-        stage1_ckpt: checkpoint written by ``mepoly-il fit stage1`` (its EMA weights and normalizers are
-            loaded;
-            its architecture and latent_dim are reused).
-        obs_dim, act_dim, obs_horizon, act_horizon, pred_horizon: linked from ``data``; must match stage 1
-            (act_horizon may differ: it only sets how many actions are executed per plan).
-        prior: latent prior family: ``"polynomial"`` (paper), ``"gaussian"`` or ``"gmm"`` (ablations).
-        prior_hidden: hidden widths of the prior MLP (paper: [256, 256]).
-        poly_order: total-degree order K of the polynomial family.
-        poly_basis: polynomial basis (``"legendre"``).
-        poly_clip: elementwise (soft) clip of the natural parameters.
-        gmm_components: mixture components of ``prior="gmm"``.
-        sample_mode: ``"sample"`` or ``"mode"``: how the policy picks z when acting.
+        stage1_ckpt: checkpoint written by ``mepoly-il fit stage1`` (its EMA weights and normalizers are loaded;
+            its VAE settings are reused).
+        policy: the prior's settings (:class:`MePolyPriorConfig`). Its widths and horizons come from the dataset
+            and must match stage 1's, except act_horizon (it only sets how many actions run per plan).
         alpha: entropy-bonus weight.
         gamma: weight of the reconstruction-consistency term ||tau - D(z_gt, s)||^2 (mean over elements).
         target: ``"sample"`` (z_gt ~ q(z | tau), the paper) or ``"mean"`` (z_gt = mu).
@@ -393,22 +276,12 @@ class Stage2Module(_MePolyModule):
     """
 
     stage = 2
+    kind = "mepoly"
 
     def __init__(
         self,
         stage1_ckpt: str,
-        obs_dim: int,
-        act_dim: int,
-        obs_horizon: int = 2,
-        act_horizon: int = 8,
-        pred_horizon: int = 16,
-        prior: str = "polynomial",
-        prior_hidden: list[int] = [256, 256],  # noqa: B006 (jsonargparse needs a literal default to show)
-        poly_order: int = 8,
-        poly_basis: str = "legendre",
-        poly_clip: float = 5.0,
-        gmm_components: int = 4,
-        sample_mode: str = "sample",
+        policy: MePolyPriorConfig = MePolyPriorConfig(),  # noqa: B008 (jsonargparse shows the default's fields)
         alpha: float = 0.01,
         gamma: float = 1.0,
         target: str = "sample",
@@ -420,28 +293,17 @@ class Stage2Module(_MePolyModule):
         lr_schedule: str = "cosine",
     ) -> None:
         super().__init__()
-        if prior not in PRIOR_KINDS:
-            raise UserError(f"model.prior must be one of {', '.join(PRIOR_KINDS)}, got {prior!r}")
+        policy = as_config(policy, MePolyPriorConfig)
+        if policy.prior is None:
+            raise UserError("model.policy.prior is null: stage 2 trains a prior; choose polynomial, gaussian or gmm")
         if target not in ("sample", "mean"):
             raise UserError(f"model.target must be 'sample' or 'mean', got {target!r}")
-        if lr_schedule not in ("cosine", "constant"):
-            raise UserError(f"model.lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        check_lr_schedule("model.lr_schedule", lr_schedule)
         self.save_hyperparameters()
+        self.hparams.policy = policy
         ckpt = _load_stage1(stage1_ckpt)
-        s1 = ckpt["mepoly_il"]["policy_config"]
-        self._stage1_cfg = s1
-        self._data_dims = {"obs_dim": obs_dim, "act_dim": act_dim, "obs_horizon": obs_horizon,
-                           "pred_horizon": pred_horizon}  # fmt: skip
-        cfg = dict(s1)
-        cfg.update(
-            act_horizon=act_horizon, prior=prior, prior_hidden=list(prior_hidden), poly_order=poly_order,
-            poly_basis=poly_basis, poly_clip=poly_clip, gmm_components=gmm_components,
-            sample_mode=sample_mode,
-        )  # fmt: skip
-        try:
-            self.policy = MePolyPolicy(**cfg)
-        except ValueError as err:
-            raise UserError(f"invalid stage-2 model configuration (with stage 1 {stage1_ckpt}): {err}") from None
+        self._stage1_cfg = MePolyConfig.from_dict(ckpt["mepoly_il"]["policy_config"], where=f"{stage1_ckpt}")
+        self.policy = MePolyPolicy(MePolyConfig.from_stages(self._stage1_cfg, policy))
         from mepoly_il.policies import policy_state_dict
 
         missing, unexpected = self.policy.load_state_dict(policy_state_dict(ckpt), strict=False)
@@ -488,9 +350,8 @@ class Stage2Module(_MePolyModule):
     def count_parameters(cls, model: dict[str, Any], data: dict[str, Any]) -> str:
         """One line with the parameter count of the stage-2 policy (VAE + prior), for ``--print_config``."""
         s1 = _load_stage1(model.get("stage1_ckpt") or "")["mepoly_il"]["policy_config"]
-        keys = ("prior", "prior_hidden", "poly_order", "poly_basis", "poly_clip", "gmm_components")
-        cfg = {**s1, **{k: model[k] for k in keys if model.get(k) is not None}}
-        counts = MePolyPolicy(**cfg).num_parameters()
+        prior = MePolyPriorConfig(**(model.get("policy") or {}))
+        counts = MePolyPolicy(MePolyConfig.from_stages(MePolyConfig.from_dict(s1), prior)).num_parameters()
         return f"MePoly stage 2: {counts['total']:,} parameters ({_fmt_counts(counts)})"
 
     def train(self, mode: bool = True):
@@ -501,14 +362,16 @@ class Stage2Module(_MePolyModule):
         self.policy.latent_heads.eval()
         return self
 
-    def _check_data(self, dm) -> None:
+    def _on_fit_data(self, dm) -> None:
+        """Check the dataset against stage 1 (the normalizers came with the stage-1 weights)."""
         path = getattr(dm, "path", "--data.path")
         ckpt_path = self.hparams.stage1_ckpt
-        for key, value in self._data_dims.items():
-            if int(self._stage1_cfg[key]) != int(value):
+        for key in ("obs_dim", "act_dim", "obs_horizon", "pred_horizon"):
+            theirs, ours = getattr(self._stage1_cfg, key), getattr(dm, key)
+            if int(theirs) != int(ours):
                 raise UserError(
-                    f"stage-1 checkpoint {ckpt_path} has {key}={self._stage1_cfg[key]} but the dataset "
-                    f"{path} gives {key}={value}; train stage 2 on the stage-1 dataset with the same horizons"
+                    f"stage-1 checkpoint {ckpt_path} has {key}={theirs} but the dataset "
+                    f"{path} gives {key}={ours}; train stage 2 on the stage-1 dataset with the same horizons"
                 )
         for name, bounds, norm in (
             ("observation", dm.obs_bounds, self.policy.obs_normalizer),
@@ -520,14 +383,6 @@ class Stage2Module(_MePolyModule):
                     f"the dataset {path} normalizes {name}s differently from the stage-1 checkpoint "
                     f"{ckpt_path} (different data or data.norm_margin); use the stage-1 dataset and settings"
                 )
-
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if stage == "fit":
-            arrange_run_outputs(self.trainer)
-        if stage == "fit" and dm is not None:
-            self._check_data(dm)
-            self._sync_average_models()
 
     def _targets(self, action: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -576,7 +431,7 @@ class Stage2Module(_MePolyModule):
             for p in decoder:
                 p.requires_grad_(False)
         opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
-        return self._configure_schedule(opt)
+        return self._schedule(opt)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         clip = self.hparams.decoder_grad_clip
@@ -585,4 +440,4 @@ class Stage2Module(_MePolyModule):
             self.log("train/decoder_grad_norm", norm)
 
     def _extra_meta(self) -> dict[str, Any]:
-        return {"stage1": _primitive(self._stage1_meta)}
+        return {**super()._extra_meta(), "stage1": to_primitive(self._stage1_meta)}

@@ -1,0 +1,137 @@
+"""The Lightning plumbing shared by every policy's training module (MePoly stage 1/2, DP).
+
+:class:`PolicyModule` holds ``self.policy`` (a :class:`~mepoly_il.policies.base.BasePolicy`) and owns:
+
+* the checkpoint block ``ckpt["mepoly_il"]`` (format version, policy kind, ``policy_config`` primitives that rebuild
+  the network, ``hparams``, dataset provenance; see :mod:`mepoly_il.policies`). ``ckpt["hyper_parameters"]`` is
+  dropped: LightningCLI re-parses it *over* the command line on ``--ckpt_path`` resume (Lightning PR #21455), so a
+  ``--model.lr`` given with ``--ckpt_path`` would silently lose; the run's ``config.yaml`` and
+  ``mepoly_il.hparams`` keep it instead;
+* the run layout (:func:`~mepoly_il.policies.run_layout.arrange_run_outputs`) and the dataset's bounds and
+  provenance at ``setup("fit")``;
+* EMA sync: ``EMAWeightAveraging`` deep-copies the module in its own ``setup()``, which runs *before* ours, so the
+  copy is refreshed after the normalizers are set (an EMA model that has not been updated yet must not act with
+  identity normalizers);
+* the per-step LR schedule (linear warm-up, then cosine decay to 0 at the last step, or constant).
+
+Subclasses set ``kind`` / ``stage``, build ``self.policy`` and keep what differs: losses, optimiser groups,
+validation metrics, and :meth:`_on_fit_data` for what they take from the dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import lightning as L
+import torch
+
+from mepoly_il.errors import UserError
+from mepoly_il.policies import CHECKPOINT_FORMAT_VERSION
+from mepoly_il.policies.base import BasePolicy, PolicyShape
+from mepoly_il.policies.run_layout import arrange_run_outputs
+from mepoly_il.utils import to_primitive
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def lr_factor(
+    step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine", from_zero: bool = False
+) -> float:
+    """LR multiplier at optimizer step ``step``: linear warm-up over ``warmup_steps``, then ``schedule``.
+
+    ``from_zero`` starts the warm-up at 0 (step / warmup, diffusers' cosine schedule, used by DP) instead of
+    1 / warmup ((step + 1) / warmup, MePoly's); after the warm-up both decay as 0.5 (1 + cos(pi * progress)).
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step if from_zero else step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def check_lr_schedule(name: str, value: str) -> None:
+    if value not in LR_SCHEDULES:
+        raise UserError(f"{name}={value!r}: choose one of {list(LR_SCHEDULES)}")
+
+
+def as_config(value: Any, cls: type) -> Any:
+    """A module's ``policy`` argument as the config dataclass ``cls`` (Python callers may pass a dict)."""
+    return value if isinstance(value, cls) else cls(**dict(value or {}))
+
+
+def data_shape(data: dict[str, Any]) -> dict[str, int]:
+    """The five :class:`PolicyShape` fields that a parsed ``data`` section gives (what ``fit`` links into
+    ``model.policy``); reads only the dataset's metadata."""
+    from mepoly_il.data.datamodule import DemoDataModule
+
+    dm = DemoDataModule(**{k: v for k, v in data.items() if v is not None})
+    return {k: int(getattr(dm, k)) for k in PolicyShape.SHAPE_FIELDS}
+
+
+class PolicyModule(L.LightningModule):
+    """Base of the policy training modules: checkpoint block, run layout, EMA sync, LR schedule."""
+
+    policy: BasePolicy
+    #: ``ckpt["mepoly_il"]["policy"]``: the :data:`~mepoly_il.policies.POLICY_LOADERS` key, None if it cannot act.
+    kind: str | None = None
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        arrange_run_outputs(self.trainer)
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            raise UserError(f"`fit` of {type(self).__name__} needs a DemoDataModule (--data.path DATASET.zarr)")
+        # On resume the checkpoint restores the same buffers right after this.
+        self._on_fit_data(dm)
+        self._sync_average_models()
+
+    def _on_fit_data(self, dm) -> None:
+        """Take what the policy needs from the DataModule (default: its normalizer bounds)."""
+        self.policy.set_normalizers(dm.obs_bounds, dm.act_bounds)
+
+    def _sync_average_models(self) -> None:
+        from lightning.pytorch.callbacks import WeightAveraging
+
+        for cb in self.trainer.callbacks:
+            avg = getattr(cb, "_average_model", None) if isinstance(cb, WeightAveraging) else None
+            if avg is not None:
+                avg.module.load_state_dict(self.state_dict())
+
+    def _dataset_meta(self) -> dict[str, Any]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return to_primitive(dict(getattr(dm, "meta", {}) or {}))
+
+    # -- optimisation ----------------------------------------------------------------------------------------------
+    def _with_schedule(
+        self, optimizer: torch.optim.Optimizer, warmup_steps: int, schedule: str = "cosine", from_zero: bool = False
+    ) -> dict[str, Any]:
+        """``optimizer`` with a per-step LambdaLR over the trainer's total steps."""
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+        if from_zero:  # diffusers' convention: the warm-up ends one step before the last
+            warmup_steps = min(warmup_steps, max(total - 1, 0))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, warmup_steps, total, schedule, from_zero)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoint ------------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hparams = {k: asdict(v) if is_dataclass(v) else v for k, v in self.hparams.items() if not k.startswith("_")}
+        checkpoint.pop("hyper_parameters", None)  # see the module docstring: resume must not override the CLI
+        checkpoint["mepoly_il"] = {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "policy": self.kind,
+            "policy_config": to_primitive(self.policy.config()),
+            "hparams": to_primitive(hparams),
+            "dataset": self._dataset_meta(),
+            **self._extra_meta(),
+        }
+
+    def _extra_meta(self) -> dict[str, Any]:
+        """More entries for ``ckpt["mepoly_il"]`` (e.g. MePoly's stage and its stage-1 provenance)."""
+        return {}
