@@ -23,6 +23,8 @@ from mepoly_il.policies.diffusion.unet import ConditionalUnet1D
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "dp" / "cpu.yaml"
+# The synthetic datasets' env id is not a registered task, so `fit` needs their horizons on the command line.
+HORIZONS = ["--data.obs_horizon", "2", "--data.act_horizon", "8", "--data.pred_horizon", "16"]
 SMALL = {"down_dims": [16, 32, 64], "diffusion_step_embed_dim": 16}
 
 
@@ -100,7 +102,7 @@ def test_bad_policy_config_fails_clearly(kwargs, needle):
 
 def fit_dp(dataset: Path, *args: str) -> int:
     """``mepoly-il fit dp`` with the CPU config on ``dataset``, in process; returns the exit code."""
-    return cli_main(["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), *args])
+    return cli_main(["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), *HORIZONS, *args])
 
 
 def test_bad_pred_horizon_via_cli(dataset, restore_argv, capsys):
@@ -138,7 +140,7 @@ def test_cli_fit_writes_checkpoint_that_loads_and_acts(dataset, restore_argv, tm
 
 def test_print_config_shows_parameter_count(dataset, restore_argv, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli_main(["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), "--print_config"])
+        cli_main(["fit", "dp", "--config", str(CONFIG), "--data.path", str(dataset), *HORIZONS, "--print_config"])
     assert exc.value.code in (0, None)
     out = capsys.readouterr()
     down_dims = yaml.safe_load(CONFIG.read_text())["model"]["policy"]["down_dims"]

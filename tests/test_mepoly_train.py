@@ -21,7 +21,9 @@ from mepoly_il.policies.mepoly.lightning import Stage1Module, Stage2Module
 from mepoly_il.policies.mepoly.policy import policy_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model.policy.d_model", "32", "--model.policy.ff_dim", "64", "--data.batch_size", "32"]
+# The synthetic datasets' env id is not a registered task, so `fit` needs their horizons on the command line.
+HORIZONS = ["--data.obs_horizon", "2", "--data.act_horizon", "8", "--data.pred_horizon", "16"]
+TINY = ["--model.policy.d_model", "32", "--model.policy.ff_dim", "64", "--data.batch_size", "32", *HORIZONS]
 TINY_KW = dict(d_model=32, ff_dim=64, dropout=0.0)
 SHAPE = dict(obs_dim=5, act_dim=3, obs_horizon=2)  # what `fit` links from the data into model.policy
 PRIOR = {**SHAPE, "act_horizon": 8, "pred_horizon": 16, "prior_hidden": [32, 32], "poly_order": 4}
@@ -89,6 +91,7 @@ def stage2_ckpt(workdir, dataset, stage1_ckpt) -> Path:
         "--model.stage1_ckpt", str(stage1_ckpt), "--trainer.default_root_dir", str(root),
         "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
         "--model.policy.prior_hidden", "[32, 32]", "--model.policy.poly_order", "4", "--data.batch_size", "32",
+        *HORIZONS,
     )  # fmt: skip
     return _last_ckpt(res, root)
 
@@ -154,7 +157,7 @@ def test_cli_fast_dev_run_both_stages(dataset, stage1_ckpt, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     res = run_cli("fit", "stage2", "--data.path", str(dataset), "--model.stage1_ckpt", str(stage1_ckpt),
                   "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path / "b"),
-                  "--model.policy.prior_hidden", "[32, 32]", "--model.policy.prior", "gmm")  # fmt: skip
+                  "--model.policy.prior_hidden", "[32, 32]", "--model.policy.prior", "gmm", *HORIZONS)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -224,7 +227,7 @@ def test_stage2_rejects_missing_or_mismatched_stage1(dataset, stage1_ckpt, tmp_p
     other = make_synthetic_dataset(tmp_path / "wide.zarr", num_episodes=3, obs_dim=7)
     res = run_cli(
         "fit", "stage2", "--data.path", str(other), "--model.stage1_ckpt", str(stage1_ckpt),
-        "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path / "x"),
+        "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path / "x"), *HORIZONS,
     )  # fmt: skip
     assert res.returncode == 2
     err = res.stderr.strip().splitlines()[-1]
