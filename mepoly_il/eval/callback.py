@@ -2,7 +2,7 @@
 
 Add it to a ``fit stage2`` or ``fit dp`` run, e.g.::
 
-    mepoly-il fit dp --config configs/dp/PushCube-v1.yaml \\
+    mepoly-il fit dp --config configs/dp/paper.yaml --data.path datasets/PushCube-v1.zarr \\
         --trainer.callbacks+=mepoly_il.eval.callback.EvalCallback \\
         --trainer.callbacks.every_n_steps 5000 --trainer.callbacks.episodes 100 --trainer.callbacks.num_envs 10
 
