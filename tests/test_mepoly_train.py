@@ -23,6 +23,7 @@ from mepoly_il.policies.mepoly.policy import policy_from_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 # The synthetic datasets' env id is not a registered task, so `fit` needs their horizons on the command line.
 HORIZONS = ["--data.obs_horizon", "2", "--data.act_horizon", "8", "--data.pred_horizon", "16"]
+HORIZON_KW = dict(obs_horizon=2, act_horizon=8, pred_horizon=16)
 TINY = ["--model.policy.d_model", "32", "--model.policy.ff_dim", "64", "--data.batch_size", "32", *HORIZONS]
 TINY_KW = dict(d_model=32, ff_dim=64, dropout=0.0)
 SHAPE = dict(obs_dim=5, act_dim=3, obs_horizon=2)  # what `fit` links from the data into model.policy
@@ -143,7 +144,7 @@ def test_stage2_cli_checkpoint_loads_as_policy(stage2_ckpt, stage1_ckpt, dataset
     assert frozen and all(torch.equal(policy.state_dict()[k], s1[k]) for k in frozen)
     assert (policy.obs_horizon, policy.act_horizon, policy.pred_horizon) == (2, 8, 16)
     assert policy.meta["dataset"]["env_id"] == "Synthetic-v0" and policy.meta["stage1"]["sha256"]
-    dm = DemoDataModule(str(dataset))
+    dm = DemoDataModule(str(dataset), **HORIZON_KW)
     assert torch.allclose(policy.obs_normalizer.lo, torch.as_tensor(dm.obs_bounds[0]))
     policy.reset()
     act = policy.select_action(torch.zeros(2, 5))
@@ -178,7 +179,7 @@ def test_print_config_shows_every_stage2_option(dataset, stage1_ckpt):
 def test_stage2_freezes_encoder_bit_identically_and_moves_decoder(dataset, stage1_ckpt, tmp_path):
     s1 = policy_state_dict(read_checkpoint(stage1_ckpt))
     module = Stage2Module(str(stage1_ckpt), policy=PRIOR, lr_decoder=1e-3)
-    dm = DemoDataModule(str(dataset), batch_size=32)
+    dm = DemoDataModule(str(dataset), batch_size=32, **HORIZON_KW)
     trainer(tmp_path, 5, callbacks=[EMAWeightAveraging(decay=0.9)]).fit(module, dm)
     after = module.policy.state_dict()
     frozen = [k for k in s1 if k.startswith(("action_encoder.", "latent_heads."))]
@@ -190,7 +191,7 @@ def test_stage2_freezes_encoder_bit_identically_and_moves_decoder(dataset, stage
 
 def test_save_load_gives_identical_actions(dataset, stage1_ckpt, tmp_path):
     module = Stage2Module(str(stage1_ckpt), policy=PRIOR)
-    dm = DemoDataModule(str(dataset), batch_size=32)
+    dm = DemoDataModule(str(dataset), batch_size=32, **HORIZON_KW)
     tr = trainer(tmp_path, 3, callbacks=[EMAWeightAveraging(decay=0.9)])
     tr.fit(module, dm)
     path = tmp_path / "s2.ckpt"
@@ -211,7 +212,7 @@ def test_stage1_overfits_a_tiny_dataset(tmp_path):
     module = Stage1Module(
         {**SHAPE, "act_horizon": 8, "pred_horizon": 16, **TINY_KW}, lr=2e-3, warmup_steps=10, latent_plot_samples=0
     )
-    dm = DemoDataModule(str(path), batch_size=64, val_ratio=0.0)
+    dm = DemoDataModule(str(path), batch_size=64, val_ratio=0.0, **HORIZON_KW)
     trainer(tmp_path, 250).fit(module, dm)
     dm.setup("fit")
     batch = dm.train_set[list(range(len(dm.train_set)))]
