@@ -24,6 +24,9 @@ The idea, from quasi-static planar pushing:
 * **Reaching a contact without disturbing the block.** The stick goes straight to the pre-contact point (behind the
   contact, on the line of action) when that path keeps clear of the T's footprint; otherwise it rises above the T
   (its top is at 4 cm, the stick is a 0.8 cm-radius cylinder), crosses, and comes down behind the contact.
+* **Keeping out of trouble.** A push that makes no progress for a few steps (the stick jammed in the T's inner
+  corner, or was blocked on its way) is dropped and not chosen again for a while; the stick is turned back to vertical
+  every step, because contacts tilt it and a tilted hand catches the T.
 * **Diversity.** Where several pushes score about the same (which face, which side of the T, turning one way or
   the other when the heading error is near 180 degrees), the expert picks one at random with a per-demo seeded
   generator, so demos from different seeds show different strategies; :func:`strategy_summary` describes them.
@@ -102,10 +105,12 @@ class ExpertOptions:
 
     max_steps: int = MAX_STEPS  #: give up after this many control steps
     tie_tol: float = 0.15  #: pushes scoring within this fraction of the best are equally good: pick one at random
-    switch_tol: float = 0.3  #: leave the push in progress only for one scoring this fraction better
+    switch_tol: float = 0.6  #: leave the push in progress only for one scoring this fraction better
     n_dirs: int = 48  #: push directions tried (evenly spaced in the T's frame)
     n_offsets: int = 15  #: line-of-action offsets tried
+    rho_model: float = RHO  #: limit-surface radius of the push model (default: the T's mean area radius, 0.067 m)
     friction_deg: float = 40.0  #: max angle between push and the face's inward normal (the T's friction is high)
+    approach_overhead: float = 6.0  #: control steps added to every approach (settling) when scoring pushes
     approach_speed: float = 0.035  #: stick speed when moving between contacts
     push_speed: float = 0.02  #: stick speed when pushing far from the goal (slower near it)
     z_low: float = 0.02  #: stick tip height when pushing (the T is 4 cm tall)
@@ -122,6 +127,10 @@ class ExpertOptions:
                 raise UserError(f"{name}={v}: must be in [0, 1); e.g. {getattr(ExpertOptions, name)}")
         if self.n_dirs < 4 or self.n_offsets < 1:
             raise UserError(f"n_dirs={self.n_dirs}, n_offsets={self.n_offsets}: need n_dirs >= 4 and n_offsets >= 1")
+        if self.approach_overhead < 0:
+            raise UserError(f"approach_overhead={self.approach_overhead}: must be >= 0 control steps")
+        if not 0.01 <= self.rho_model <= 0.5:
+            raise UserError(f"rho_model={self.rho_model}: must be in [0.01, 0.5] m")
         if not 0.0 < self.friction_deg < 90.0:
             raise UserError(f"friction_deg={self.friction_deg}: must be in (0, 90)")
         for name in ("approach_speed", "push_speed", "clearance"):
@@ -140,7 +149,9 @@ def make_options(**overrides: Any) -> ExpertOptions:
     known = {f.name for f in fields(ExpertOptions)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise UserError(f"PushT expert option(s) {', '.join(unknown)}: unknown; known options: {', '.join(sorted(known))}")
+        raise UserError(
+            f"PushT expert option(s) {', '.join(unknown)}: unknown; known options: {', '.join(sorted(known))}"
+        )
     opts = replace(ExpertOptions(), **overrides)
     opts.check()
     return opts
@@ -185,6 +196,11 @@ def _path_clear(a: np.ndarray, b: np.ndarray, margin: float) -> bool:
     return bool(ends.min() >= margin)
 
 
+def _inside(p: np.ndarray) -> bool:
+    """Whether the T-frame point ``p`` (2,) lies inside the T."""
+    return any(x0 <= p[0] <= x1 and y0 <= p[1] <= y1 for (x0, x1), (y0, y1) in (_BAR, _STEM))
+
+
 def _cast(origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """First hit of rays ``origins + t dirs`` (N, 2) on the T outline: (t (N,), face (N,), position along face (N,)).
 
@@ -209,10 +225,16 @@ def _cast(origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 _FACE_LEN = np.linalg.norm(np.roll(TEE_OUTLINE, -1, axis=0) - TEE_OUTLINE, axis=1)
-_FACE_INWARD = np.stack(
-    [-(np.roll(TEE_OUTLINE, -1, axis=0) - TEE_OUTLINE)[:, 1], (np.roll(TEE_OUTLINE, -1, axis=0) - TEE_OUTLINE)[:, 0]],
-    axis=1,
-) / _FACE_LEN[:, None]  # CCW outline: the left normal points inside
+_FACE_INWARD = (
+    np.stack(
+        [
+            -(np.roll(TEE_OUTLINE, -1, axis=0) - TEE_OUTLINE)[:, 1],
+            (np.roll(TEE_OUTLINE, -1, axis=0) - TEE_OUTLINE)[:, 0],
+        ],
+        axis=1,
+    )
+    / _FACE_LEN[:, None]
+)  # CCW outline: the left normal points inside
 
 
 @dataclass
@@ -242,12 +264,9 @@ class _Planner:
         t, face, along = _cast(origins, u)
         hit = np.isfinite(t)
         cos_lim = math.cos(math.radians(opts.friction_deg))
-        corner = STICK_RADIUS + 0.002
+        corner = 2 * STICK_RADIUS  # near a concave corner the stick jams against the other face
         ok = (
-            hit
-            & ((_FACE_INWARD[face] * u).sum(1) >= cos_lim)
-            & (along >= corner)
-            & (along <= _FACE_LEN[face] - corner)
+            hit & ((_FACE_INWARD[face] * u).sum(1) >= cos_lim) & (along >= corner) & (along <= _FACE_LEN[face] - corner)
         )
         contact = origins + np.where(hit, t, 0.0)[:, None] * u
         # the pre-contact point must be clear of the whole T (the outline is not convex)
@@ -320,6 +339,13 @@ def pose_error(env) -> tuple[float, float]:
     return float(dist), float(abs(_wrap(tth - gth)))
 
 
+_STALL_STEPS = 6  # a push that makes no progress for this many steps is dropped
+
+
+def _key(u: np.ndarray, h: float) -> tuple[float, float, float]:
+    return (round(float(u[0]), 4), round(float(u[1]), 4), round(float(h), 4))
+
+
 class _Expert:
     def __init__(self, opts: ExpertOptions, rng: np.random.Generator) -> None:
         self.opts, self.rng = opts, rng
@@ -329,6 +355,8 @@ class _Expert:
         self.lifts = 0
         self._lifted = False
         self.tip_q0: np.ndarray | None = None
+        self.banned: dict[tuple, int] = {}  # push key -> step until which it is not chosen (it stalled)
+        self.history: list[tuple[float, np.ndarray, bool]] = []  # (pose error, tip, engaged) since the push began
 
     def act(self, state: dict[str, Any], step: int) -> np.ndarray:
         o = self.opts
@@ -346,8 +374,9 @@ class _Expert:
         # predicted motion for pusher advance L along u (sticking contact, ellipsoidal limit surface)
         push_v = float(np.clip(err * 0.25, 0.004, o.push_speed))
         Ls = np.linspace(1.0, 12.0, 12)[None, :] * push_v  # up to 12 steps of pushing
-        alpha = Ls / (1.0 + (h**2 / RHO**2))[:, None]
-        dth_pred = alpha * (h / RHO**2)[:, None]
+        r2 = o.rho_model**2
+        alpha = Ls / (1.0 + h**2 / r2)[:, None]
+        dth_pred = alpha * (h / r2)[:, None]
         mid = tth + 0.5 * dth_pred
         dx_b = alpha[..., None] * u[:, None, :]  # centroid shift in the T frame
         cm, sm = np.cos(mid), np.sin(mid)
@@ -360,16 +389,26 @@ class _Expert:
         lateral = np.abs((tip_b - contact)[:, 0] * u[:, 1] - (tip_b - contact)[:, 1] * u[:, 0])
         behind = ((contact - tip_b) * u).sum(1)
         engaged = (lateral < 0.006) & (behind > -0.004) & (behind < STICK_RADIUS + o.clearance + 0.01) & (tip[2] < 0.04)
-        approach = np.where(engaged, 0.0, dist_pre / o.approach_speed + 3.0)
+        approach = np.where(engaged, 0.0, dist_pre / o.approach_speed + o.approach_overhead)
         steps = approach[:, None] + np.arange(1, Ls.shape[1] + 1)[None, :]
         score = gain / steps
         best_l = score.argmax(1)
         best = score[np.arange(len(score)), best_l]
+        if self.banned:
+            keys = [_key(uu, hh) for uu, hh in zip(u, h)]
+            best = np.where([self.banned.get(k, -1) >= step for k in keys], -np.inf, best)
         # approach cost of crossing over the T, only for the few best (path checks are the slow part)
         order = np.argsort(-best)[:12]
         for i in order:
             if not engaged[i] and not _path_clear(tip_b, pre[i], STICK_RADIUS + 0.004):
                 best[i] = gain[i, best_l[i]] / (steps[i, best_l[i]] + 2 * (o.z_high - o.z_low) / 0.02)
+        # a push that stalls (the stick jammed, or blocked on its way) is banned for a while
+        if self.current is not None and len(self.history) >= _STALL_STEPS:
+            (e0, t0, _), (e1, t1, eng1) = self.history[-_STALL_STEPS], self.history[-1]
+            stalled = e0 - e1 < 0.001 if eng1 else np.linalg.norm(t1 - t0) < 0.003
+            if stalled:
+                self.banned[_key(self.current.u, self.current.h)] = step + 20
+                best[-1] = -np.inf
         top = best.max()
         chosen: int
         cur_idx = len(best) - 1 if self.current is not None else None
@@ -385,6 +424,7 @@ class _Expert:
             and not (np.allclose(push.u, self.current.u) and abs(push.h - self.current.h) < 1e-9)
         ):
             self.current = push
+            self.history = []
             self.pushes.append(
                 {
                     "step": step,
@@ -394,6 +434,7 @@ class _Expert:
                     "heading_error": abs(dth),
                 }
             )
+        self.history.append((err, tip.copy(), bool(engaged[chosen])))
         return self._move(push, engaged[chosen], tip, state["tip_q"], tp, R, push_v)
 
     def _move(self, push, engaged, tip, tip_q, tp, R, push_v) -> np.ndarray:
@@ -409,7 +450,11 @@ class _Expert:
             tip_b = R.T @ (tip[:2] - tp)
             pre_b = push.contact - (STICK_RADIUS + o.clearance) * push.u
             low = tip[2] < _Z_CLEAR
-            if low and not _path_clear(tip_b, pre_b, STICK_RADIUS + 0.004):
+            v0, v1 = TEE_OUTLINE, np.roll(TEE_OUTLINE, -1, axis=0)
+            over = _inside(tip_b) or _seg_dist(tip_b[None], v0, v1).min() < STICK_RADIUS + 0.002
+            if low and over:  # came down on (or at the edge of) the T: straight up again
+                target = np.append(tip[:2], o.z_high)
+            elif low and not _path_clear(tip_b, pre_b, STICK_RADIUS + 0.004):
                 if not self._lifted:
                     self.lifts += 1
                     self._lifted = True
@@ -426,10 +471,11 @@ class _Expert:
             delta *= speed / n
         action = np.zeros(6, dtype=np.float32)
         action[:3] = np.clip(delta / (0.1 * _TRACKING), -1.0, 1.0)
-        # contacts can tilt the stick, and a tilted hand hits the T: turn back to the start orientation (vertical)
+        # contacts tilt the stick, and a tilted hand hits the T: turn back to the start orientation (vertical). The
+        # controller turns by minus this rotation vector for a positive action (sign measured on the simulator).
         if self.tip_q0 is None:
             self.tip_q0 = tip_q
-        rv = _rotvec_to(tip_q, self.tip_q0) / (0.1 * _TRACKING)
+        rv = -_rotvec_to(tip_q, self.tip_q0) / (0.1 * _TRACKING)
         n = np.linalg.norm(rv)
         action[3:] = rv / n if n > 1.0 else rv
         return action
