@@ -1,0 +1,548 @@
+"""A scripted closed-loop expert for ManiSkill's PushT-v1 (demos without a download).
+
+ManiSkill ships no motion planner for PushT, so this module plans pushes from the simulator's state. The expert acts
+in ``pd_ee_delta_pose`` (the control mode the IL configs use for PushT), so its recorded actions replay as they are.
+
+The idea, from quasi-static planar pushing:
+
+* **Motion model.** A block sliding on a table under a slow push moves so that its twist is proportional to the
+  applied wrench through the *limit surface*; with the usual ellipsoidal approximation a force ``f`` (unit, along
+  ``u``) whose line of action passes at signed offset ``h`` from the centre of friction (``h = c x u``) translates the
+  centroid along ``u`` and turns the block at ``omega = h / rho**2`` per unit translation, where ``rho`` is the mean
+  distance of the T's area from its centroid (uniform support pressure). With sticking contact (the T's friction is
+  high) the pusher advances ``1 + h**2 / rho**2`` per unit of centroid translation. So pushing through the centroid
+  translates, pushing off-centre translates and turns, and the sign of ``h`` picks the turning direction.
+* **Choosing a push.** Every control step the expert enumerates lines of action (push direction ``u`` x offset
+  ``h``, fixed in the T's frame), casts each line onto the T's boundary to get the contact point, and keeps those
+  whose contact face admits the push inside a conservative friction cone and whose contact is away from a corner.
+  For each it predicts, with the model above, the pose after pushing ``L`` metres and scores the reduction of the
+  pose error (centroid distance + ``rho`` x heading error, the mean displacement of the T's area) per control step
+  spent, counting the steps to reach the pre-contact point (more when the stick must be lifted over the T).
+* **Closed loop.** The plan is recomputed from the simulator's state at every step. The push in progress is kept
+  while it stays about as good as the best alternative (it costs no approach steps), so the stick only leaves the
+  block when another contact is clearly better.
+* **Reaching a contact without disturbing the block.** The stick goes straight to the pre-contact point (behind the
+  contact, on the line of action) when that path keeps clear of the T's footprint; otherwise it rises above the T
+  (its top is at 4 cm, the stick is a 0.8 cm-radius cylinder), crosses, and comes down behind the contact.
+* **Keeping out of trouble.** A push that makes no progress for a few steps (the stick jammed in the T's inner
+  corner, or was blocked on its way) is dropped and not chosen again for a while; the stick is turned back to vertical
+  every step, because contacts tilt it and a tilted hand catches the T.
+* **Diversity.** Where several pushes score about the same (which face, which side of the T, turning one way or
+  the other when the heading error is near 180 degrees), the expert picks one at random with a per-demo seeded
+  generator, so demos from different seeds show different strategies; :func:`strategy_summary` describes them.
+
+:func:`solve_pusht` has the calling convention of ManiSkill's motion-planning solutions (``solve(env, seed=...,
+debug=..., vis=...)`` returning the last ``env.step`` result), so a demo worker can call it in their place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from mepoly_il.errors import UserError
+
+ENV_ID = "PushT-v1"
+CONTROL_MODE = "pd_ee_delta_pose"
+#: The step limit the IL configs evaluate PushT with (ManiSkill's IL baselines use the same).
+MAX_STEPS = 150
+
+# ---- T geometry in the actor frame (ManiSkill's push_t.py builds the T from two boxes, crossbar at negative y) ----
+#: Counter-clockwise outline of the T, (8, 2) metres.
+TEE_OUTLINE = np.array(
+    [
+        [-0.1, -0.0625],
+        [0.1, -0.0625],
+        [0.1, -0.0125],
+        [0.025, -0.0125],
+        [0.025, 0.1375],
+        [-0.025, 0.1375],
+        [-0.025, -0.0125],
+        [-0.1, -0.0125],
+    ]
+)
+#: Name of edge i (from vertex i to i+1); "+x"/"-x" is the side of the T in its own frame.
+FACE_NAMES = (
+    "bar_back",
+    "bar_end+x",
+    "bar_under+x",
+    "stem_side+x",
+    "stem_end",
+    "stem_side-x",
+    "bar_under-x",
+    "bar_end-x",
+)
+_BAR = ((-0.1, 0.1), (-0.0625, -0.0125))
+_STEM = ((-0.025, 0.025), (-0.0125, 0.1375))
+STICK_RADIUS = 0.008  # the panda_stick's collision cylinder
+#: The stick tip moves about this fraction of a commanded ``pd_ee_delta_pose`` step (0.1 m per unit action) in one
+#: control step, for small and large steps alike (measured on the CPU simulator), so actions are scaled by 1/0.39.
+_TRACKING = 0.39
+_Z_CLEAR = 0.055  # tip height above which the stick clears the T (top at 0.041) with margin
+
+
+def _area_stats() -> tuple[np.ndarray, float]:
+    """Centroid (2,) of the T's area and ``rho``, the mean distance of the area from it."""
+    pts = []
+    for (x0, x1), (y0, y1) in (_BAR, _STEM):
+        xs = np.arange(x0 + 0.00025, x1, 0.0005)
+        ys = np.arange(y0 + 0.00025, y1, 0.0005)
+        pts.append(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
+    pts = np.concatenate(pts)
+    centroid = pts.mean(0)
+    return centroid, float(np.linalg.norm(pts - centroid, axis=1).mean())
+
+
+CENTROID, RHO = _area_stats()
+
+
+@dataclass(frozen=True)
+class ExpertOptions:
+    """Tuning of :func:`solve_pusht` (all lengths in metres, speeds in metres per control step)."""
+
+    max_steps: int = MAX_STEPS  #: give up after this many control steps
+    tie_tol: float = 0.15  #: pushes scoring within this fraction of the best are equally good: pick one at random
+    switch_tol: float = 0.6  #: leave the push in progress only for one scoring this fraction better
+    n_dirs: int = 48  #: push directions tried (evenly spaced in the T's frame)
+    n_offsets: int = 15  #: line-of-action offsets tried
+    rho_model: float = RHO  #: limit-surface radius of the push model (default: the T's mean area radius, 0.067 m)
+    friction_deg: float = 40.0  #: max angle between push and the face's inward normal (the T's friction is high)
+    approach_overhead: float = 6.0  #: control steps added to every approach (settling) when scoring pushes
+    approach_speed: float = 0.035  #: stick speed when moving between contacts
+    push_speed: float = 0.02  #: stick speed when pushing far from the goal (slower near it)
+    z_low: float = 0.02  #: stick tip height when pushing (the T is 4 cm tall)
+    z_high: float = 0.07  #: stick tip height when crossing over the T
+    clearance: float = 0.012  #: gap between the stick and the T at the pre-contact point
+
+    def check(self) -> None:
+        """Raise :class:`UserError` on a value the expert cannot work with."""
+        if self.max_steps < 1:
+            raise UserError(f"max_steps={self.max_steps}: must be >= 1; use the IL limit {MAX_STEPS}")
+        for name in ("tie_tol", "switch_tol"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise UserError(f"{name}={v}: must be in [0, 1); e.g. {getattr(ExpertOptions, name)}")
+        if self.n_dirs < 4 or self.n_offsets < 1:
+            raise UserError(f"n_dirs={self.n_dirs}, n_offsets={self.n_offsets}: need n_dirs >= 4 and n_offsets >= 1")
+        if self.approach_overhead < 0:
+            raise UserError(f"approach_overhead={self.approach_overhead}: must be >= 0 control steps")
+        if not 0.01 <= self.rho_model <= 0.5:
+            raise UserError(f"rho_model={self.rho_model}: must be in [0.01, 0.5] m")
+        if not 0.0 < self.friction_deg < 90.0:
+            raise UserError(f"friction_deg={self.friction_deg}: must be in (0, 90)")
+        for name in ("approach_speed", "push_speed", "clearance"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 0.1:
+                raise UserError(f"{name}={v}: must be in (0, 0.1] m (the controller moves at most 0.1 m a step)")
+        if not 0.0 < self.z_low < 0.04 or self.z_high < 0.06:
+            raise UserError(
+                f"z_low={self.z_low}, z_high={self.z_high}: the tip must push below the T's top (0 < z_low < 0.04) "
+                "and cross above it (z_high >= 0.06)"
+            )
+
+
+def make_options(**overrides: Any) -> ExpertOptions:
+    """:class:`ExpertOptions` with ``overrides`` applied and checked (unknown names raise :class:`UserError`)."""
+    known = {f.name for f in fields(ExpertOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(
+            f"PushT expert option(s) {', '.join(unknown)}: unknown; known options: {', '.join(sorted(known))}"
+        )
+    opts = replace(ExpertOptions(), **overrides)
+    opts.check()
+    return opts
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# planar geometry
+# ------------------------------------------------------------------------------------------------------------------
+def _rot(theta: float) -> np.ndarray:
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def _wrap(a):
+    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
+
+
+def _seg_dist(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance from points ``p`` (..., 2) to segments ``a``-``b`` (S, 2): (..., S)."""
+    ab = b - a
+    t = np.clip(((p[..., None, :] - a) * ab).sum(-1) / (ab * ab).sum(-1), 0.0, 1.0)
+    return np.linalg.norm(p[..., None, :] - (a + t[..., None] * ab), axis=-1)
+
+
+def _path_clear(a: np.ndarray, b: np.ndarray, margin: float) -> bool:
+    """Whether the body-frame segment ``a``-``b`` keeps ``margin`` away from the T's outline.
+
+    Both ends are outside the T (the tip never is inside it), so keeping clear of the outline keeps clear of the T.
+    """
+    v0, v1 = TEE_OUTLINE, np.roll(TEE_OUTLINE, -1, axis=0)
+    d = b - a
+    e = v1 - v0
+    den = d[0] * e[:, 1] - d[1] * e[:, 0]
+    w = v0 - a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (w[:, 0] * e[:, 1] - w[:, 1] * e[:, 0]) / den
+        s = (w[:, 0] * d[1] - w[:, 1] * d[0]) / den
+    if np.any((np.abs(den) > 1e-12) & (t >= 0) & (t <= 1) & (s >= 0) & (s <= 1)):
+        return False  # crosses the outline
+    # non-crossing segments: the closest pair involves an end point of one of them
+    ends = np.concatenate([_seg_dist(np.stack([a, b]), v0, v1).ravel(), _seg_dist(v0, a[None], b[None]).ravel()])
+    return bool(ends.min() >= margin)
+
+
+def _inside(p: np.ndarray) -> bool:
+    """Whether the T-frame point ``p`` (2,) lies inside the T."""
+    return any(x0 <= p[0] <= x1 and y0 <= p[1] <= y1 for (x0, x1), (y0, y1) in (_BAR, _STEM))
+
+
+def _cast(origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First hit of rays ``origins + t dirs`` (N, 2) on the T outline: (t (N,), face (N,), position along face (N,)).
+
+    ``t`` is inf where a ray misses; the position is in metres from the face's first vertex.
+    """
+    a, b = TEE_OUTLINE, np.roll(TEE_OUTLINE, -1, axis=0)
+    e = b - a  # (S, 2)
+    # solve origins + t d = a + s e  for t (along ray) and s in [0, 1] (along edge)
+    d = dirs[:, None, :]
+    w = a[None] - origins[:, None, :]
+    den = d[..., 0] * e[None, :, 1] - d[..., 1] * e[None, :, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (w[..., 0] * e[None, :, 1] - w[..., 1] * e[None, :, 0]) / den
+        s = (w[..., 0] * d[..., 1] - w[..., 1] * d[..., 0]) / den
+    ok = (np.abs(den) > 1e-12) & (s >= 0) & (s <= 1) & (t > 0)
+    t = np.where(ok, t, np.inf)
+    face = t.argmin(1)
+    t = np.where(np.isfinite(t[np.arange(len(t)), face]), t[np.arange(len(t)), face], np.inf)
+    rows = np.arange(len(origins))
+    along = s[rows, face] * np.linalg.norm(e[face], axis=1)
+    return t, face, along
+
+
+_FACE_LEN = np.linalg.norm(np.roll(TEE_OUTLINE, -1, axis=0) - TEE_OUTLINE, axis=1)
+_FACE_INWARD = (
+    np.stack(
+        [
+            -(np.roll(TEE_OUTLINE, -1, axis=0) - TEE_OUTLINE)[:, 1],
+            (np.roll(TEE_OUTLINE, -1, axis=0) - TEE_OUTLINE)[:, 0],
+        ],
+        axis=1,
+    )
+    / _FACE_LEN[:, None]
+)  # CCW outline: the left normal points inside
+
+
+@dataclass
+class _Push:
+    """One line of action fixed in the T's frame."""
+
+    u: np.ndarray  # (2,) unit push direction
+    h: float  # signed offset of the line from the centroid (c x u)
+    contact: np.ndarray  # (2,) contact point on the outline
+    face: int
+
+
+class _Planner:
+    """Candidate pushes in the T's frame (fixed geometry, computed once) and their scoring."""
+
+    def __init__(self, opts: ExpertOptions) -> None:
+        self.opts = opts
+        phis = np.arange(opts.n_dirs) * (2 * np.pi / opts.n_dirs)
+        hmax = 0.12
+        hs = np.linspace(-hmax, hmax, opts.n_offsets) if opts.n_offsets > 1 else np.zeros(1)
+        phi, h = np.meshgrid(phis, hs, indexing="ij")
+        phi, h = phi.ravel(), h.ravel()
+        u = np.stack([np.cos(phi), np.sin(phi)], 1)
+        perp = np.stack([-u[:, 1], u[:, 0]], 1)
+        # c x u = h  <=>  c = centroid - h perp(u) + t u
+        origins = CENTROID - h[:, None] * perp - 0.5 * u
+        t, face, along = _cast(origins, u)
+        hit = np.isfinite(t)
+        cos_lim = math.cos(math.radians(opts.friction_deg))
+        corner = 2 * STICK_RADIUS  # near a concave corner the stick jams against the other face
+        ok = (
+            hit & ((_FACE_INWARD[face] * u).sum(1) >= cos_lim) & (along >= corner) & (along <= _FACE_LEN[face] - corner)
+        )
+        contact = origins + np.where(hit, t, 0.0)[:, None] * u
+        # the pre-contact point must be clear of the whole T (the outline is not convex)
+        pre = contact - (STICK_RADIUS + opts.clearance) * u
+        v0, v1 = TEE_OUTLINE, np.roll(TEE_OUTLINE, -1, axis=0)
+        clear = _seg_dist(np.where(ok[:, None], pre, 0.0), v0, v1).min(1) >= STICK_RADIUS + 0.5 * opts.clearance
+        ok &= clear
+        self.u, self.h, self.contact, self.face, self.pre = u[ok], h[ok], contact[ok], face[ok], pre[ok]
+
+    def candidates(self, current: _Push | None) -> tuple[np.ndarray, ...]:
+        u, h, contact, face, pre = self.u, self.h, self.contact, self.face, self.pre
+        if current is not None:
+            u = np.vstack([u, current.u])
+            h = np.append(h, current.h)
+            contact = np.vstack([contact, current.contact])
+            face = np.append(face, current.face)
+            pre = np.vstack([pre, current.contact - (STICK_RADIUS + self.opts.clearance) * current.u])
+        return u, h, contact, face, pre
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the expert
+# ------------------------------------------------------------------------------------------------------------------
+def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of quaternions (w, x, y, z)."""
+    w1, x1, y1, z1 = a
+    w2, x2, y2, z2 = b
+    return np.array(
+        [
+            w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
+            w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+            w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+            w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+        ]
+    )
+
+
+def _rotvec_to(q_from: np.ndarray, q_to: np.ndarray) -> np.ndarray:
+    """Rotation vector (3,) of ``q_to * q_from^-1``: the world-frame turn taking ``q_from`` to ``q_to``."""
+    inv = q_from * np.array([1.0, -1.0, -1.0, -1.0])
+    d = _qmul(q_to, inv)
+    if d[0] < 0:
+        d = -d
+    n = np.linalg.norm(d[1:])
+    return np.zeros(3) if n < 1e-9 else d[1:] / n * 2.0 * math.atan2(n, d[0])
+
+
+def _yaw(q) -> float:
+    """Heading of a z-rotation quaternion (w, x, y, z)."""
+    return 2.0 * math.atan2(float(q[3]), float(q[0]))
+
+
+def _state(env) -> dict[str, Any]:
+    u = env.unwrapped
+    tee_p, tee_q = u.tee.pose.p[0].cpu().numpy(), u.tee.pose.q[0].cpu().numpy()
+    goal_p, goal_q = u.goal_tee.pose.p[0].cpu().numpy(), u.goal_tee.pose.q[0].cpu().numpy()
+    return {
+        "tee": (tee_p[:2].astype(np.float64), _yaw(tee_q)),
+        "goal": (goal_p[:2].astype(np.float64), _yaw(goal_q)),
+        "tip": u.agent.tcp.pose.p[0].cpu().numpy().astype(np.float64),
+        "tip_q": u.agent.tcp.pose.q[0].cpu().numpy().astype(np.float64),
+    }
+
+
+def pose_error(env) -> tuple[float, float]:
+    """(centroid distance in metres, absolute heading error in radians) of the T to its goal."""
+    s = _state(env)
+    (tp, tth), (gp, gth) = s["tee"], s["goal"]
+    dist = np.linalg.norm(tp + _rot(tth) @ CENTROID - gp - _rot(gth) @ CENTROID)
+    return float(dist), float(abs(_wrap(tth - gth)))
+
+
+_STALL_STEPS = 6  # a push that makes no progress for this many steps is dropped
+
+
+def _key(u: np.ndarray, h: float) -> tuple[float, float, float]:
+    return (round(float(u[0]), 4), round(float(u[1]), 4), round(float(h), 4))
+
+
+class _Expert:
+    def __init__(self, opts: ExpertOptions, rng: np.random.Generator) -> None:
+        self.opts, self.rng = opts, rng
+        self.planner = _Planner(opts)
+        self.current: _Push | None = None
+        self.pushes: list[dict[str, Any]] = []
+        self.lifts = 0
+        self._lifted = False
+        self.tip_q0: np.ndarray | None = None
+        self.banned: dict[tuple, int] = {}  # push key -> step until which it is not chosen (it stalled)
+        self.history: list[tuple[float, np.ndarray, bool]] = []  # (pose error, tip, engaged) since the push began
+
+    def act(self, state: dict[str, Any], step: int) -> np.ndarray:
+        o = self.opts
+        (tp, tth), (gp, gth) = state["tee"], state["goal"]
+        tip = state["tip"]
+        R = _rot(tth)
+        c_w = tp + R @ CENTROID
+        g_c = gp + _rot(gth) @ CENTROID
+        dth = float(_wrap(gth - tth))
+        err = np.linalg.norm(g_c - c_w) + RHO * abs(dth)
+        # the tip in the T's frame (the planner works there)
+        tip_b = R.T @ (tip[:2] - tp)
+
+        u, h, contact, face, pre = self.planner.candidates(self.current)
+        # predicted motion for pusher advance L along u (sticking contact, ellipsoidal limit surface)
+        push_v = float(np.clip(err * 0.25, 0.004, o.push_speed))
+        Ls = np.linspace(1.0, 12.0, 12)[None, :] * push_v  # up to 12 steps of pushing
+        r2 = o.rho_model**2
+        alpha = Ls / (1.0 + h**2 / r2)[:, None]
+        dth_pred = alpha * (h / r2)[:, None]
+        mid = tth + 0.5 * dth_pred
+        dx_b = alpha[..., None] * u[:, None, :]  # centroid shift in the T frame
+        cm, sm = np.cos(mid), np.sin(mid)
+        dx_w = np.stack([cm * dx_b[..., 0] - sm * dx_b[..., 1], sm * dx_b[..., 0] + cm * dx_b[..., 1]], -1)
+        new_c = c_w + dx_w
+        new_err = np.linalg.norm(g_c - new_c, axis=-1) + RHO * np.abs(_wrap(gth - (tth + dth_pred)))
+        gain = err - new_err  # (N, nL)
+        # steps: approach (0 if already on this line of action) + pushing
+        dist_pre = np.linalg.norm(pre - tip_b, axis=1)
+        lateral = np.abs((tip_b - contact)[:, 0] * u[:, 1] - (tip_b - contact)[:, 1] * u[:, 0])
+        behind = ((contact - tip_b) * u).sum(1)
+        engaged = (lateral < 0.006) & (behind > -0.004) & (behind < STICK_RADIUS + o.clearance + 0.01) & (tip[2] < 0.04)
+        approach = np.where(engaged, 0.0, dist_pre / o.approach_speed + o.approach_overhead)
+        steps = approach[:, None] + np.arange(1, Ls.shape[1] + 1)[None, :]
+        score = gain / steps
+        best_l = score.argmax(1)
+        best = score[np.arange(len(score)), best_l]
+        if self.banned:
+            keys = [_key(uu, hh) for uu, hh in zip(u, h)]
+            best = np.where([self.banned.get(k, -1) >= step for k in keys], -np.inf, best)
+        # approach cost of crossing over the T, only for the few best (path checks are the slow part)
+        order = np.argsort(-best)[:12]
+        for i in order:
+            if not engaged[i] and not _path_clear(tip_b, pre[i], STICK_RADIUS + 0.004):
+                best[i] = gain[i, best_l[i]] / (steps[i, best_l[i]] + 2 * (o.z_high - o.z_low) / 0.02)
+        # a push that stalls (the stick jammed, or blocked on its way) is banned for a while
+        if self.current is not None and len(self.history) >= _STALL_STEPS:
+            (e0, t0, _), (e1, t1, eng1) = self.history[-_STALL_STEPS], self.history[-1]
+            stalled = e0 - e1 < 0.001 if eng1 else np.linalg.norm(t1 - t0) < 0.003
+            if stalled:
+                self.banned[_key(self.current.u, self.current.h)] = step + 20
+                best[-1] = -np.inf
+        top = best.max()
+        chosen: int
+        cur_idx = len(best) - 1 if self.current is not None else None
+        if cur_idx is not None and best[cur_idx] >= (1.0 - o.switch_tol) * top and best[cur_idx] > 0:
+            chosen = cur_idx
+        else:
+            near = np.flatnonzero(best >= top - abs(top) * o.tie_tol)
+            chosen = int(self.rng.choice(near)) if len(near) > 1 else int(best.argmax())
+        push = _Push(u[chosen].copy(), float(h[chosen]), contact[chosen].copy(), int(face[chosen]))
+        if (
+            self.current is None
+            or chosen != cur_idx
+            and not (np.allclose(push.u, self.current.u) and abs(push.h - self.current.h) < 1e-9)
+        ):
+            self.current = push
+            self.history = []
+            self.pushes.append(
+                {
+                    "step": step,
+                    "face": FACE_NAMES[push.face],
+                    "turn": "ccw" if push.h > 1e-9 else ("cw" if push.h < -1e-9 else "none"),
+                    "contact_x": float(push.contact[0]),
+                    "heading_error": abs(dth),
+                }
+            )
+        self.history.append((err, tip.copy(), bool(engaged[chosen])))
+        return self._move(push, engaged[chosen], tip, state["tip_q"], tp, R, push_v)
+
+    def _move(self, push, engaged, tip, tip_q, tp, R, push_v) -> np.ndarray:
+        o = self.opts
+        contact_w = tp + R @ push.contact
+        u_w = R @ push.u
+        pre_w = contact_w - (STICK_RADIUS + o.clearance) * u_w
+        if engaged:
+            # the touching point advances push_v along the line of action, which moves with the T
+            target = np.append(contact_w - STICK_RADIUS * u_w + push_v * u_w, o.z_low)
+            speed = 2.0 * push_v
+        else:
+            tip_b = R.T @ (tip[:2] - tp)
+            pre_b = push.contact - (STICK_RADIUS + o.clearance) * push.u
+            low = tip[2] < _Z_CLEAR
+            v0, v1 = TEE_OUTLINE, np.roll(TEE_OUTLINE, -1, axis=0)
+            over = _inside(tip_b) or _seg_dist(tip_b[None], v0, v1).min() < STICK_RADIUS + 0.002
+            if low and over:  # came down on (or at the edge of) the T: straight up again
+                target = np.append(tip[:2], o.z_high)
+            elif low and not _path_clear(tip_b, pre_b, STICK_RADIUS + 0.004):
+                if not self._lifted:
+                    self.lifts += 1
+                    self._lifted = True
+                target = np.append(tip[:2], o.z_high)  # rise first, then cross
+            elif not low and np.linalg.norm(tip[:2] - pre_w) > 0.004:
+                target = np.append(pre_w, o.z_high)
+            else:
+                self._lifted = False
+                target = np.append(pre_w, o.z_low)
+            speed = o.approach_speed
+        delta = target - tip
+        n = np.linalg.norm(delta)
+        if n > speed:
+            delta *= speed / n
+        action = np.zeros(6, dtype=np.float32)
+        action[:3] = np.clip(delta / (0.1 * _TRACKING), -1.0, 1.0)
+        # contacts tilt the stick, and a tilted hand hits the T: turn back to the start orientation (vertical). The
+        # controller turns by minus this rotation vector for a positive action (sign measured on the simulator).
+        if self.tip_q0 is None:
+            self.tip_q0 = tip_q
+        rv = -_rotvec_to(tip_q, self.tip_q0) / (0.1 * _TRACKING)
+        n = np.linalg.norm(rv)
+        action[3:] = rv / n if n > 1.0 else rv
+        return action
+
+
+def solve_pusht(
+    env, seed: int | None = None, debug: bool = False, vis: bool = False, rng=None, record=None, **options: Any
+):
+    """Push the T onto its goal, closed loop, in ``pd_ee_delta_pose``; stop at the first success.
+
+    Same calling convention as ManiSkill's motion-planning solutions: ``env`` is a (possibly wrapped, e.g. by
+    ``RecordEpisode``) PushT-v1 env made with ``control_mode="pd_ee_delta_pose"``; it is reset with ``seed``.
+    Returns the last ``env.step`` result ``(obs, reward, terminated, truncated, info)`` (check
+    ``res[-1]["success"]``; ``res[-1]["elapsed_steps"]`` is the demo length). ``rng``: a ``numpy`` Generator or
+    seed for the random choice between equally good pushes (default: derived from ``seed``, so a demo is a
+    function of its seed). ``record``: a dict that, if given, receives ``"pushes"`` (one dict per push started),
+    ``"lifts"`` and ``"actions"`` (T, 6), for :func:`strategy_summary` and replay checks. ``options``: fields of
+    :class:`ExpertOptions`. ``debug``/``vis`` exist for the solver signature and are ignored.
+    """
+    del debug, vis
+    opts = make_options(**options)
+    u = env.unwrapped
+    if u.spec is None or u.spec.id != ENV_ID:
+        name = u.spec.id if u.spec is not None else type(u).__name__
+        raise UserError(f"solve_pusht: env {name} is not {ENV_ID}; make the env with gym.make('{ENV_ID}', ...)")
+    if u.control_mode != CONTROL_MODE:
+        raise UserError(
+            f"solve_pusht: env control_mode {u.control_mode!r} is not supported; make it with "
+            f"control_mode='{CONTROL_MODE}' (the mode the PushT IL configs use)"
+        )
+    if u.num_envs != 1:
+        raise UserError(f"solve_pusht: env has num_envs={u.num_envs}; the expert drives one env (num_envs=1)")
+    if rng is None:
+        rng = np.random.default_rng([seed if seed is not None else 0, 0x7054])
+    elif not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    env.reset(seed=seed)
+    expert = _Expert(opts, rng)
+    actions = []
+    res = None
+    for step in range(opts.max_steps):
+        action = expert.act(_state(env), step)
+        actions.append(action)
+        res = env.step(action)
+        if bool(res[-1]["success"].item()):
+            break
+    if record is not None:
+        record.update(pushes=expert.pushes, lifts=expert.lifts, actions=np.stack(actions))
+    return res
+
+
+def strategy_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """Per-demo strategy from a ``record`` filled by :func:`solve_pusht`.
+
+    Returns ``first_face`` (the T face of the first push), ``first_turn`` (``"ccw"``/``"cw"``/``"none"``: the turning
+    sense of the first push), ``first_side`` (``"+x"``/``"-x"``/``"centre"``: the half of the T, in its own frame,
+    first pushed), ``pushes`` (pushes started), ``lifts`` (times the stick crossed over the T) and ``steps``.
+    """
+    pushes = record["pushes"]
+    first = pushes[0] if pushes else {"face": "none", "turn": "none"}
+    x = first.get("contact_x", 0.0)
+    side = "+x" if x > 0.01 else ("-x" if x < -0.01 else "centre")
+    return {
+        "first_face": first["face"],
+        "first_turn": first["turn"],
+        "first_side": side,
+        "pushes": len(pushes),
+        "lifts": int(record["lifts"]),
+        "steps": int(len(record["actions"])),
+    }
