@@ -45,7 +45,7 @@ def main() -> None:
         g, h_g = train_gaussian_reinforce_bandit(cfg, seed)
         t_g = time.perf_counter() - t
         with torch.no_grad():
-            e_g = expected_reward(lambda n: torch.tanh(g["mu"] + g["log_std"].exp() * torch.randn(n)))
+            e_g = expected_reward(lambda n, g=g: torch.tanh(g["mu"] + g["log_std"].exp() * torch.randn(n)))
         row = {
             "seed": seed,
             "rpg_expected_reward": e_rpg,
