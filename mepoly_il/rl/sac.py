@@ -181,10 +181,14 @@ class HeadActor(nn.Module):
         logp = self.head.log_prob(obs_n, rearrange(a, "n b d -> (n b) d")).reshape(n, b)
         with torch.no_grad():
             qv = q(obs, a)
+        # value: the sample estimate of E[Q] + alpha H; gradient: the score-function estimator
         if self.head.exact_entropy:  # mepoly: only E[Q] needs the score function
             entropy = self.head.entropy(obs)
-            return lr_surrogate(qv, logp) + alpha * entropy, entropy.detach()
-        return lr_surrogate(qv - alpha * logp.detach(), logp), -logp.detach().mean(0)
+            sur = lr_surrogate(qv, logp)
+            return sur - sur.detach() + qv.mean(0) + alpha * entropy, entropy.detach()
+        f = qv - alpha * logp.detach()
+        sur = lr_surrogate(f, logp)
+        return sur - sur.detach() + f.mean(0), -logp.detach().mean(0)
 
     @torch.no_grad()
     def soft_value(self, obs: Tensor, q: QFn, alpha: Tensor) -> Tensor:
@@ -399,6 +403,41 @@ def train_sac(
     finally:
         if csv_file is not None:
             csv_file.close()
+    return history
+
+
+def optimise_known_q(
+    actor: nn.Module,
+    q: QFn,
+    obs_dim: int,
+    steps: int,
+    alpha: float,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    log_every: int = 50,
+) -> list[dict]:
+    """Bandit with the true reward as critic (the mixture paper's synthetic bandits, §5.1): ascend the actor's
+    objective ``E_pi[q] + alpha H`` at a constant zero state; no replay, no critic, fixed alpha.
+
+    Returns rows ``{"step", "objective", "entropy"}`` averaged over ``log_every`` steps.
+    """
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam([p for p in actor.parameters() if p.requires_grad], lr=lr)
+    obs = torch.zeros(batch_size, obs_dim)
+    a = torch.tensor(float(alpha))
+    history, js, hs = [], [], []
+    for step in range(1, steps + 1):
+        j, h = actor.objective(obs, q, a)
+        opt.zero_grad(set_to_none=True)
+        (-j.mean()).backward()
+        opt.step()
+        js.append(j.mean().item())
+        hs.append(h.mean().item())
+        if step % log_every == 0 or step == steps:
+            history.append({"step": step, "objective": float(np.mean(js)), "entropy": float(np.mean(hs))})
+            js.clear()
+            hs.clear()
     return history
 
 
