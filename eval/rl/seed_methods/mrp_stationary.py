@@ -5,12 +5,14 @@ densities. For a Gaussian policy and for a 2-component Gaussian mixture (GM) we 
 for bounded problems) from many random starts, keep the runs that converged to an interior point (a stationary
 point; runs that end on the log-std bound have none), and report per alpha the best stationary point's expected
 reward and objective, how many stationary points were found, and the share of GM stationary points that are
-bimodal (both weights >= 0.1 and the component means on opposite reward modes).
+bimodal (both weights >= 0.1, both stds < 1, one component mean within 0.5 of each reward mode).
 
 The paper's text as stored here lost its numbers (reward means/stds, alpha grid, bounds, start ranges), so the
 values below are ours: reward modes at -1 and +1 with std 0.3, log-std in [-3, 2], weights in [0.01, 0.99],
-starts mean ~ U[-2, 2], log-std ~ U[-3, 1], weight ~ U[0.01, 0.99], 30 starts per policy class and alpha.
-E_pi[r] is closed form (Gaussian convolution); the GM entropy uses the trapezoid rule on [-10, 10] (2001 nodes).
+starts mean ~ U[-2, 2], log-std ~ U[-3, 1], weight ~ U[0.01, 0.99], 20 starts per policy class and alpha.
+E_pi[r] is closed form (Gaussian convolution); the GM entropy is the trapezoid rule on the union of
+per-component grids (:func:`mixture_entropy`). A run whose log-std or mean ends on its bound is not counted as a
+stationary point.
 
 Usage: python eval/rl/seed_methods/mrp_stationary.py OUT.json
 """
@@ -29,9 +31,9 @@ from scipy.stats import norm
 MODES, R_STD = np.array([-1.0, 1.0]), 0.3
 LOG_STD_BOUNDS = (-3.0, 2.0)
 W_BOUNDS = (0.01, 0.99)
-ALPHAS = [0.01, 0.03, 0.1, 0.2, 0.22, 0.25, 0.27, 0.3, 0.5, 1.0]
-STARTS = 30
-GRID = np.linspace(-10.0, 10.0, 2001)
+ALPHAS = [0.01, 0.03, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0]
+STARTS = 20
+LOCAL = np.linspace(-12.0, 12.0, 801)
 
 
 def expected_reward(means, stds, weights) -> float:
@@ -48,9 +50,11 @@ def reward_max() -> float:
 
 
 def mixture_entropy(means, stds, weights) -> float:
-    dens = sum(w * norm.pdf(GRID, m, s) for m, s, w in zip(means, stds, weights, strict=True))
-    integrand = np.where(dens > 0, -dens * np.log(np.maximum(dens, 1e-300)), 0.0)
-    return float(np.trapz(integrand, GRID))
+    """-int p log p by the trapezoid rule on the union of per-component grids ``m_k + s_k [-12, 12]`` (801 nodes
+    each), so narrow and wide components are both resolved and nothing is truncated."""
+    x = np.unique(np.concatenate([m + s * LOCAL for m, s in zip(means, stds, strict=True)]))
+    dens = sum(w * norm.pdf(x, m, s) for m, s, w in zip(means, stds, weights, strict=True))
+    return float(np.trapz(-dens * np.log(np.maximum(dens, 1e-300)), x))
 
 
 def gaussian_objective(x, alpha):
@@ -84,14 +88,17 @@ def stationary_points(kind: str, alpha: float, rng: np.random.Generator) -> list
         res = minimize(lambda x, fn=fn: -fn(x, alpha), x0, method="L-BFGS-B", bounds=bounds)
         x = res.x
         log_stds = x[1:2] if kind == "gaussian" else x[2:4]
-        on_bound = bool((log_stds >= LOG_STD_BOUNDS[1] - 1e-3).any())
+        means_x = x[:1] if kind == "gaussian" else x[:2]
+        on_bound = bool((log_stds >= LOG_STD_BOUNDS[1] - 1e-3).any() or (np.abs(means_x) >= 5.0 - 1e-3).any())
         if not res.success or on_bound:
             continue
         if kind == "gaussian":
             means, stds, ws = [x[0]], [np.exp(x[1])], [1.0]
         else:
             means, stds, ws = [x[0], x[1]], [np.exp(x[2]), np.exp(x[3])], [x[4], 1 - x[4]]
-        bimodal = kind == "gm" and min(ws) >= 0.1 and means[0] * means[1] < 0 and abs(means[0] - means[1]) > 1.0
+        # bimodal: both components carry weight and each sits on a different reward mode
+        on_modes = sorted(means) if max(stds) < 1.0 else [0.0, 0.0]
+        bimodal = kind == "gm" and min(ws) >= 0.1 and abs(on_modes[0] + 1) < 0.5 and abs(on_modes[1] - 1) < 0.5
         pts.append(
             {
                 "objective": float(-res.fun),
