@@ -113,6 +113,9 @@ def test_multigoal_rewards_goals_and_timeouts():
 def test_s2ac_rejects_bad_settings():
     with pytest.raises(UserError, match="particles"):
         SVGDActor(2, 2, TwinQ(2, 2, 8), particles=1)
+    critic = TwinQ(2, 2, 8)
+    with pytest.raises(UserError, match="autotune=false"):
+        train_sac(SVGDActor(2, 2, critic, alpha=1.0), critic, VecMultiGoal(2), SACConfig(alpha=1.0), seed=0)
 
 
 @pytest.mark.parametrize("amortised", [False, True])

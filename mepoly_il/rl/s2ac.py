@@ -107,6 +107,7 @@ class SVGDActor(nn.Module):
     """
 
     SELECTIONS = ("random", "softmax", "max")
+    fixed_alpha = True  # the sampler's target exp(Q / alpha) uses self.alpha; the trainer must not tune it
 
     def __init__(
         self,

@@ -294,6 +294,10 @@ def train_sac(
 ) -> list[dict]:
     """Train ``actor`` (a :class:`HeadActor`, :class:`QuadratureActor` or S2AC actor) and ``critic`` in place;
     return one stats dict per ``cfg.log_every`` env steps (also written to ``log_dir/progress.csv``)."""
+    if getattr(actor, "fixed_alpha", False) and (cfg.autotune or actor.alpha != cfg.alpha):
+        raise UserError(
+            f"sac: the actor samples at the fixed temperature {actor.alpha}; set autotune=false and alpha={actor.alpha}"
+        )
     torch.manual_seed(seed)
     np.random.seed(seed)
     rng = np.random.default_rng(seed)
