@@ -36,8 +36,8 @@ sim_backend() { if [[ "$1" == "PushT-v1" ]]; then echo physx_cuda; else echo phy
 for task in $TASKS; do
     # 1. demonstrations: motion planning -> replay to state + pd_ee_delta_pos -> zarr (demo seeds 0..)
     if [[ "$task" == "PushT-v1" ]]; then
-        [[ -e datasets/PushT-v1.zarr ]] || { echo "datasets/PushT-v1.zarr missing: PushT has no motion planner;"\
-            "convert ManiSkill's RL demos first (see datasets/README.md)" >&2; exit 1; }
+        [[ -e datasets/PushT-v1.zarr ]] || { echo "datasets/PushT-v1.zarr missing: the paper's PushT demos are ManiSkill's RL-expert"\
+            "rollouts; convert them first (see datasets/README.md)" >&2; exit 1; }
     elif [[ ! -e "datasets/$task.zarr" ]]; then
         run "$MEPOLY_IL" data prepare --env-id "$task" --num-demos "$NUM_DEMOS" --out "datasets/$task.zarr"
     fi

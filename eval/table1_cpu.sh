@@ -17,7 +17,9 @@
 #   D7  DP_MAX_STEPS / DP_EVAL_EVERY (default: the config's 3000 / EVAL_EVERY) set DP's budget alone; with
 #       DP_MAX_STEPS=10000 DP_EVAL_EVERY=2000 DP gets about 3x MePoly's training wall time (see
 #       eval/results/table1_cpu/README.md: at 3000 steps every DP seed was still climbing).
-#   D5  PushT-v1 is left out (no demos on this machine; its demos and evaluation are physx_cuda in the paper).
+#   D5  PushT-v1 demos come from this package's scripted pushing expert (mepoly_il/data/maniskill_pusht.py: about a
+#       quarter of random starts solved, mostly nearly aligned ones), not the paper's RL expert, and it is evaluated
+#       on physx_cpu (paper: physx_cuda).
 # Unchanged: 100 demos per task (motion planning + replay to pd_ee_delta_pos), state observations, evaluation seeds
 # (block 0), max_episode_steps (PushCube/PickCube 100, StackCube 200), reconfiguration_freq=1, ignore terminations,
 # physx_cpu, 3 training seeds, EMA weights evaluated, DP sampler DDPM-100.
@@ -28,7 +30,7 @@
 #             bash eval/table1_cpu.sh
 set -euo pipefail
 
-# default: the registered tasks this package can make demos for (mepoly_il/tasks.py); D5: so no PushT-v1
+# default: the registered tasks this package can make demos for (mepoly_il/tasks.py); D5 for PushT-v1
 TASKS=${TASKS:-$(${PYTHON:-python} -c "from mepoly_il.tasks import task_ids; print(*task_ids(with_demos=True))")}
 SEEDS=${SEEDS:-"0 1 2"}
 NUM_DEMOS=${NUM_DEMOS:-100}     # unchanged

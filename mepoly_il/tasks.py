@@ -141,11 +141,14 @@ register_task(
 register_task(
     TaskSpec(
         "PushT-v1",
-        None,
+        # A scripted closed-loop pushing expert (ManiSkill has no motion planner for PushT): about a quarter of the
+        # random initial states are solved, mostly the nearly aligned ones (see mepoly_il/data/maniskill_pusht.py).
+        "mepoly_il.data.maniskill_pusht:solve_pusht",
         max_episode_steps=150,
         obs_dim=31,
         act_dim=6,
         control_mode="pd_ee_delta_pose",
+        demo_control_mode="pd_ee_delta_pose",
         act_horizon=1,
     )
 )

@@ -212,9 +212,9 @@ def _expect_cli_error(capsys, argv, *fragments):
 
 @pytest.mark.parametrize("command", ["generate", "prepare"])
 def test_task_without_demo_source_or_unknown_lists_supported(tmp_path, capsys, command):
-    """PushT-v1 is registered without a demo source; Nope-v1 is not registered: one line each, naming the tasks
-    that have demos, and nothing written."""
-    for env_id, why in (("PushT-v1", "has no demo source"), ("Nope-v1", "not a registered task")):
+    """Nope-v1 is not registered: one line, naming the tasks that have demos, and nothing written (a registered
+    task without a demo source: tests/test_tasks.py)."""
+    for env_id, why in (("Nope-v1", "not a registered task"),):
         out = tmp_path / ("x.zarr" if command == "prepare" else "x")
         argv = ["data", command, "--env-id", env_id, "--num-demos", "2", "--out", str(out)]
         line = _expect_cli_error(capsys, argv, env_id, why)

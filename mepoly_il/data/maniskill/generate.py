@@ -26,7 +26,7 @@ from mepoly_il.data.maniskill.sim import SIM_BACKEND, quiet_worker_setup
 from mepoly_il.data.maniskill.timing import Timings
 from mepoly_il.envs.maniskill import import_maniskill
 from mepoly_il.errors import UserError
-from mepoly_il.tasks import MOTION_PLANNER, TaskSpec, find_task, task_ids
+from mepoly_il.tasks import MOTION_PLANNER, TaskSpec, find_task, get_task, task_ids
 from mepoly_il.utils import atomic_path, check_output_path, progress
 
 
@@ -76,10 +76,13 @@ class GenerateWorker:
 
         self.solve = load_solver(demo_source)
         self.timings = Timings()
-        env = gym.make(
-            env_id, obs_mode="none", control_mode=control_mode, sim_backend=SIM_BACKEND, reward_mode="sparse"
-        )
         planner = demo_source.startswith(MOTION_PLANNER + ":")
+        # ManiSkill's motion planners run under the registered limit, as they always have; a scripted expert gets the
+        # task's evaluation limit (PushT is registered with 100 steps, its protocol allows 150).
+        limit = {} if planner else {"max_episode_steps": get_task(env_id).max_episode_steps}
+        env = gym.make(
+            env_id, obs_mode="none", control_mode=control_mode, sim_backend=SIM_BACKEND, reward_mode="sparse", **limit
+        )
         self.env = RecordEpisode(
             env,
             output_dir=h5_dir,
