@@ -461,13 +461,19 @@ class _GridLogZEntropy(torch.autograd.Function):
         # ctx None: plain no-grad call
         rows = coef.shape[0]
         step = _block_rows(lw.numel())
-        log_z, e_ell = coef.new_empty(rows), coef.new_empty(rows)
-        with single_thread_for_small_ops(coef.device):
-            for a in range(0, rows, step):
-                z, e = _log_z_entropy(plan.grid_energies(coef[a : a + step], tables), lw)
-                log_z[a : a + step], e_ell[a : a + step] = z, e
+        with single_thread_for_small_ops(coef.device, rows * lw.numel()):
+            if rows <= step:  # one block: keep its energies for backward (small, saves the recompute)
+                logits = plan.grid_energies(coef, tables)
+                log_z, e_ell = _log_z_entropy(logits, lw)
+            else:
+                logits = None
+                log_z, e_ell = coef.new_empty(rows), coef.new_empty(rows)
+                for a in range(0, rows, step):
+                    log_z[a : a + step], e_ell[a : a + step] = _log_z_entropy(
+                        plan.grid_energies(coef[a : a + step], tables), lw
+                    )
         if ctx is not None:
-            ctx.plan, ctx.tables = plan, tables
+            ctx.plan, ctx.tables, ctx.logits = plan, tables, logits
             ctx.save_for_backward(coef, lw, log_z, e_ell)
         return log_z, log_z - e_ell
 
@@ -481,13 +487,13 @@ class _GridLogZEntropy(torch.autograd.Function):
             g_h = torch.zeros_like(log_z)
         grad = torch.empty_like(coef)
         step = _block_rows(lw.numel())
-        with single_thread_for_small_ops(coef.device):
+        with single_thread_for_small_ops(coef.device, coef.shape[0] * lw.numel()):
             for a in range(0, coef.shape[0], step):
                 sl = slice(a, a + step)
-                logits = plan.grid_energies(coef[sl], tables)
+                logits = ctx.logits if ctx.logits is not None else plan.grid_energies(coef[sl], tables)
                 p = (logits + lw).sub_(log_z[sl, None]).exp_()
                 # dL/dl = p * (g_z + g_h * (E[l] - l))
-                w = logits.mul_(-g_h[sl, None]).add_((g_z[sl] + g_h[sl] * e_ell[sl])[:, None])
+                w = (logits * -g_h[sl, None]).add_((g_z[sl] + g_h[sl] * e_ell[sl])[:, None])
                 grad[sl] = plan.grid_energies_adjoint(p.mul_(w), tables)
         return grad, None, None, None
 
