@@ -35,8 +35,7 @@ def test_cli_smoke_writes_json(tmp_path):
 
 
 def test_busy_processes_are_started_and_always_stopped():
-    with pytest.raises(RuntimeError, match="boom"):  # noqa: PT012
-        with bench.busy_processes(2) as procs:
-            assert len(procs) == 2 and all(p.poll() is None for p in procs)  # running
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), bench.busy_processes(2) as procs:  # noqa: PT012
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)  # running
+        raise RuntimeError("boom")
     assert all(p.poll() is not None for p in procs)  # killed and reaped despite the error
