@@ -460,7 +460,7 @@ def test_error_estimate_and_refinement_on_peaked_gaussians(sigma):
     screen = (PolynomialFamily(2, 8, check=False)(lam).log_partition - coarse).abs()
     wide = screen > fam.tol
     assert torch.equal(est[~wide], screen[~wide])
-    assert (est[~wide] >= err[~wide] / 3).all()  # an upper estimate (up to float rounding)
+    assert (est[~wide] >= err[~wide] / 3 - 1e-12).all()  # an upper estimate (up to float rounding)
     ratio = est[wide] / err[wide]
     assert ((ratio >= 1 / 3) & (ratio <= 3)).all(), ratio
     if sigma <= 0.05:

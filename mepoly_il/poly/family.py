@@ -29,16 +29,17 @@
 
 Under-resolution. Large natural params make the density very peaked. For the grid rules every ``log Z`` is
 checked. Gauss: a cheap screen first compares with ``n - 4`` nodes; that difference is about the coarse rule's
-error, an upper estimate of the error at ``n`` (measured up to 100-1000x above it on Gaussians with std 0.03-0.3,
-the ratio growing as the error shrinks far below ``tol``). Rows the screen flags are compared with a clearly wider rule (x1.5 nodes per
-dim) whose error is far smaller, so ``|Q_n - Q_1.5n|`` is the error at ``n`` itself (within 3x, checked in
-``tests/test_poly.py``): a row within ``tol`` keeps its ``n`` nodes, the others go up the x1.5 ladder to the first level that
-passes, up to ``max_nodes``. Trapezoid: ``n/2`` nodes with a Richardson factor, since its error is O(h^2), and
-the finer level of a passing pair is used. Rows still over ``tol`` at the cap raise a loud ``QuadratureWarning``
-naming the numbers. ``dist.quadrature_nodes`` and ``dist.log_partition_error`` report what was used. The default
-``tol = 1e-3`` nats is an error in every log-likelihood term far below the minibatch noise of a mean NLL (per-sample
-log densities vary by nats, so a batch of a few hundred has noise of several 1e-2). The screen costs about
-``((n-4)/n)^dim`` of a pass (58% for dim 3 with 24 nodes); ``check=False`` skips all of it.
+error, an upper estimate of the error at ``n`` (measured up to 100-1000x above it on Gaussians with std
+0.03-0.3, the ratio growing as the error shrinks far below ``tol``). Rows the screen flags are compared with a
+clearly wider rule (x1.5 nodes per dim) whose error is far smaller, so ``|Q_n - Q_1.5n|`` is the error at ``n``
+itself (within 3x, checked in ``tests/test_poly.py``): a row within ``tol`` keeps its ``n`` nodes, the others go
+up the x1.5 ladder to the first level that passes, up to ``max_nodes``. Trapezoid: ``n/2`` nodes with a
+Richardson factor, since its error is O(h^2), and the finer level of a passing pair is used. Rows still over
+``tol`` at the cap raise a loud ``QuadratureWarning`` naming the numbers. ``dist.quadrature_nodes`` and
+``dist.log_partition_error`` report what was used. The default ``tol = 1e-3`` nats is an error in every
+log-likelihood term far below the minibatch noise of a mean NLL (per-sample log densities vary by nats, so a
+batch of a few hundred has noise of several 1e-2). The screen costs about ``((n-4)/n)^dim`` of a pass (58% for
+dim 3 with 24 nodes); ``check=False`` skips all of it.
 
 Sampling (grid rules). One coordinate at a time: the conditional density of x_j given the drawn x_<j, with
 the later coordinates integrated out by the quadrature rule, is evaluated on ``sample_nodes`` (257) uniform
