@@ -472,7 +472,7 @@ class _GridLogZEntropy(torch.autograd.Function):
         # ctx None: plain no-grad call
         rows = coef.shape[0]
         step = _block_rows(lw.numel())
-        with single_thread_for_small_ops(coef.device, rows * lw.numel()):
+        with single_thread_for_small_ops(coef.device):
             if rows <= step:  # one block: keep its energies for backward (small, saves the recompute)
                 logits = plan.grid_energies(coef, tables)
                 log_z, e_ell = _log_z_entropy(logits, lw)
@@ -498,7 +498,7 @@ class _GridLogZEntropy(torch.autograd.Function):
             g_h = torch.zeros_like(log_z)
         grad = torch.empty_like(coef)
         step = _block_rows(lw.numel())
-        with single_thread_for_small_ops(coef.device, coef.shape[0] * lw.numel()):
+        with single_thread_for_small_ops(coef.device):
             for a in range(0, coef.shape[0], step):
                 sl = slice(a, a + step)
                 logits = ctx.logits if ctx.logits is not None else plan.grid_energies(coef[sl], tables)
@@ -558,7 +558,8 @@ class PolynomialDistribution(Distribution):
                 self._stats = self.family._qmc_stats(lam)
             else:
                 coef = torch.nn.functional.pad(lam, (1, 0))
-                self._stats = self.family._grid_stats(coef, lam)
+                with single_thread_for_small_ops(lam.device):
+                    self._stats = self.family._grid_stats(coef, lam)
         return self._stats
 
     def _validate_sample(self, value: torch.Tensor) -> None:
@@ -643,7 +644,8 @@ class PolynomialDistribution(Distribution):
             if self.family.quadrature == "qmc":
                 x = self._sample_sir(lam, s)
             else:
-                x = self._sample_sequential(lam, s)
+                with single_thread_for_small_ops(lam.device):
+                    x = self._sample_sequential(lam, s)
         return x.reshape(*sample_shape, *self.batch_shape, self.family.dim)
 
     def _sample_sequential(self, lam: torch.Tensor, s: int) -> torch.Tensor:
@@ -709,6 +711,10 @@ class PolynomialDistribution(Distribution):
     @property
     def mode(self) -> torch.Tensor:
         """Highest-density point: best grid node, then projected gradient ascent: ``batch_shape + (dim,)``."""
+        with single_thread_for_small_ops(self.natural_params.device):
+            return self._mode()
+
+    def _mode(self) -> torch.Tensor:
         fam = self.family
         lam = self._flat().detach()
         with torch.no_grad():

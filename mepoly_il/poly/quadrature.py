@@ -42,27 +42,18 @@ __all__ = [
 _guard = threading.local()
 
 
-# below this many elements per op torch runs an op on one thread anyway (its grain size is 32768)
-_GUARD_MIN_ELEMENTS = 2**16
-
-
 @contextlib.contextmanager
-def single_thread_for_small_ops(device: torch.device, elements: int = _GUARD_MIN_ELEMENTS):
+def single_thread_for_small_ops(device: torch.device):
     """Run the enclosed CPU ops with one intra-op thread, restoring the previous count afterwards.
 
-    The blocked quadrature passes issue many ops on about a MiB each. Split over threads, each op ends in an
-    OpenMP barrier; when another process keeps a core busy, the threads wait for each other at every barrier
-    and the pass gets many times slower, while one thread loses little. Re-entrant (only the outermost
-    level changes and restores the setting); CUDA work and work of fewer than ``_GUARD_MIN_ELEMENTS`` elements
-    in all (``elements``) are left alone. torch's thread count is process-wide: other Python threads running
-    torch ops meanwhile also get one thread.
+    The grid passes issue many ops on about a MiB or less each. Split over threads (torch's elementwise ops
+    above their grain size, MKL's matmuls even when tiny), each op ends in a barrier; when another process keeps
+    a core busy, the threads wait for each other at every barrier and the pass gets tens of times slower, while
+    one thread loses little. Switching costs well under a microsecond. Re-entrant (only the outermost level
+    changes and restores the setting); CUDA work is unaffected. torch's thread count is process-wide: other
+    Python threads running torch ops meanwhile also get one thread.
     """
-    if (
-        device.type != "cpu"
-        or elements < _GUARD_MIN_ELEMENTS
-        or getattr(_guard, "depth", 0) > 0
-        or torch.get_num_threads() == 1
-    ):
+    if device.type != "cpu" or getattr(_guard, "depth", 0) > 0 or torch.get_num_threads() == 1:
         _guard.depth = getattr(_guard, "depth", 0) + 1
         try:
             yield
