@@ -305,6 +305,47 @@ def test_chunking_does_not_change_values_or_gradients():
     assert torch.allclose(outs[0][1], outs[1][1], atol=1e-12)
 
 
+def test_blocked_pass_matches_one_block(monkeypatch):
+    import mepoly_il.poly.family as family_module
+
+    fam = PolynomialFamily(3, 4)
+    lam = rand_params(fam, 7, scale=0.8, seed=5)
+    outs = []
+    for block in (2**30, 2 * 16**3):  # one block for all rows; 2 rows per block of 16^3 nodes (the last short)
+        monkeypatch.setattr(family_module, "_BLOCK_ELEMENTS", block)
+        t = lam.clone().requires_grad_(True)
+        d = fam(t)
+        (d.log_partition.sum() + 0.7 * d.entropy().sum()).backward()
+        outs.append((d.log_partition.detach(), d.entropy().detach(), t.grad))
+    for a, b in zip(*outs, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_single_thread_guard_restores_and_nests():
+    from mepoly_il.poly.quadrature import single_thread_for_small_ops
+
+    before = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    try:
+        torch.set_num_threads(2)
+        with single_thread_for_small_ops(cpu):
+            assert torch.get_num_threads() == 1
+            with single_thread_for_small_ops(cpu):
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1  # the inner exit does not restore early
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), single_thread_for_small_ops(cpu):
+            raise RuntimeError
+        assert torch.get_num_threads() == 2  # restored on error too
+        fam = PolynomialFamily(3, 8)
+        d = fam(rand_params(fam, 64, scale=0.2, dtype=torch.float32).requires_grad_(True))
+        (d.log_partition.sum() + d.entropy().sum()).backward()
+        d.sample((2,)), d.mode  # noqa: B018
+        assert torch.get_num_threads() == 2  # forward, backward, sampling, mode leave the setting as it was
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_clip_hard_and_soft():
     fam = PolynomialFamily(1, 2, clip=5.0)
     d = fam(torch.tensor([10.0, -7.0], dtype=torch.float64))
@@ -319,7 +360,7 @@ def test_clip_hard_and_soft():
 
 def test_mode_and_mean_of_a_gaussian_bump():
     a, b, c = 0.3, -0.2, 40.0
-    fam = PolynomialFamily(2, 2, basis="monomial")
+    fam = PolynomialFamily(2, 2, basis="monomial", tol=1e-4)  # mean to 1e-4 needs log Z to about that
     lam = torch.tensor([2 * c * a, 2 * c * b, -c, 0.0, -c], dtype=torch.float64)
     d = fam(lam)
     assert torch.allclose(d.mode, torch.tensor([a, b], dtype=torch.float64), atol=1e-4)
@@ -363,6 +404,66 @@ def test_under_resolved_warns_loudly():
         d = fam(lam)
         d.log_partition  # noqa: B018
     assert (d.log_partition_error > fam.tol).any()
+
+
+def gaussian_params(dim: int, order: int, sigma: float, rows: int, seed: int) -> torch.Tensor:
+    """Natural params (Legendre basis) of correlated Gaussians exp(-(x-c)^T P (x-c) / 2) restricted to the box.
+
+    Centres uniform in [-0.9, 0.9]^dim, per-axis std between sigma and 2 sigma along a random rotation.
+    Uses x = P_1(x) and x^2 = (2 P_2(x) + 1) / 3; constants drop out of the density.
+    """
+    g = torch.Generator().manual_seed(seed)
+    mi = multi_indices(dim, order).tolist()
+    lam = torch.zeros(rows, len(mi), dtype=torch.float64)
+    for r in range(rows):
+        c = (torch.rand(dim, generator=g, dtype=torch.float64) * 2 - 1) * 0.9
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+        std = sigma * 2 ** torch.rand(dim, generator=g, dtype=torch.float64)
+        prec = q @ torch.diag(std**-2) @ q.T
+        lin = prec @ c
+        for f, e in enumerate(mi):
+            if sum(e) == 1:
+                lam[r, f] = lin[e.index(1)]
+            elif sum(e) == 2 and 2 in e:
+                lam[r, f] = -prec[e.index(2), e.index(2)] / 3
+            elif sum(e) == 2:
+                i, j = (k for k in range(dim) if e[k] == 1)
+                lam[r, f] = -prec[i, j]
+    return lam
+
+
+@pytest.mark.parametrize("sigma", [0.03, 0.05, 0.1, 0.3])
+def test_error_estimate_and_refinement_on_peaked_gaussians(sigma):
+    """Refine only rows whose unrefined log Z is off by more than tol; every row ends within tol (up to rows right
+    at the boundary). Rows that look under-resolved by the cheap screen (n - 4 nodes) are checked against a
+    wider rule, and their estimate is within 3x of the actual error; for the others the estimate is the screen's,
+    an upper estimate."""
+    fam = PolynomialFamily(2, 8)
+    lam = gaussian_params(2, 8, sigma, 8, seed=int(sigma * 100))
+    truth = torch.tensor([np_stats(row.numpy(), 2, 8, n=200)[0] for row in lam], dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QuadratureWarning)
+        d = fam(lam)
+        err = (d.log_partition - truth).abs()
+    est, used = d.log_partition_error, d.quadrature_nodes
+    unrefined = (PolynomialFamily(2, 8, check=False)(lam).log_partition - truth).abs()
+    refined = used > fam.nodes
+    assert (err <= 1.5 * fam.tol).all(), err
+    assert not (refined & (unrefined <= fam.tol / 3)).any(), (unrefined, used)  # no needless refinement
+    assert not (~refined & (unrefined > 1.5 * fam.tol)).any(), (unrefined, used)  # no missed one
+    if sigma <= 0.05:
+        assert refined.any()
+    else:
+        assert not refined.any()
+    coarse = PolynomialFamily(2, 8, nodes=fam.nodes - 4, check=False)(lam).log_partition
+    screen = (PolynomialFamily(2, 8, check=False)(lam).log_partition - coarse).abs()
+    wide = screen > fam.tol
+    assert torch.equal(est[~wide], screen[~wide])
+    assert (est[~wide] >= err[~wide] / 3 - 1e-12).all()  # an upper estimate (up to float rounding)
+    ratio = est[wide] / err[wide]
+    assert ((ratio >= 1 / 3) & (ratio <= 3)).all(), ratio
+    if sigma <= 0.05:
+        assert wide.any()
 
 
 def test_trapezoid_error_estimate_flags_edge_heavy_density():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from mepoly_il.bench import poly as bench
@@ -31,3 +32,10 @@ def test_cli_smoke_writes_json(tmp_path):
     assert data["main"] and data["headline"] and data["qmc"] and data["scale"] and "goal" in data
     assert data["qmc"][0]["ours_quadrature"] in ("gauss", "qmc")
     assert data["machine"]["cores"] >= 1
+
+
+def test_busy_processes_are_started_and_always_stopped():
+    with pytest.raises(RuntimeError, match="boom"), bench.busy_processes(2) as procs:  # noqa: PT012
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)  # running
+        raise RuntimeError("boom")
+    assert all(p.poll() is not None for p in procs)  # killed and reaped despite the error

@@ -28,12 +28,18 @@
   ``max_grid_bytes`` per batch row raises ``ValueError`` instead of swapping.
 
 Under-resolution. Large natural params make the density very peaked. For the grid rules every ``log Z`` is
-checked against a coarser rule (Gauss: ``n - 4`` nodes; the difference is about the coarse rule's error,
-so it over-estimates the fine one, by ~20x at moderate params; trapezoid: n/2 nodes with a Richardson
-factor, since its error is O(h^2)). Rows whose estimate exceeds ``tol`` are recomputed on refined grids
-(x1.5 nodes per step) up to ``max_nodes``; rows still over ``tol`` there raise a loud ``QuadratureWarning``
-naming the numbers. ``dist.quadrature_nodes`` and ``dist.log_partition_error`` report what was used. The
-check costs about ``((n-4)/n)^dim`` of a pass (58% for dim 3 with 24 nodes); ``check=False`` skips it.
+checked. Gauss: a cheap screen first compares with ``n - 4`` nodes; that difference is about the coarse rule's
+error, an upper estimate of the error at ``n`` (measured up to 100-1000x above it on Gaussians with std
+0.03-0.3, the ratio growing as the error shrinks far below ``tol``). Rows the screen flags are compared with a
+clearly wider rule (x1.5 nodes per dim) whose error is far smaller, so ``|Q_n - Q_1.5n|`` is the error at ``n``
+itself (within 3x, checked in ``tests/test_poly.py``): a row within ``tol`` keeps its ``n`` nodes, the others go
+up the x1.5 ladder to the first level that passes, up to ``max_nodes``. Trapezoid: ``n/2`` nodes with a
+Richardson factor, since its error is O(h^2), and the finer level of a passing pair is used. Rows still over
+``tol`` at the cap raise a loud ``QuadratureWarning`` naming the numbers. ``dist.quadrature_nodes`` and
+``dist.log_partition_error`` report what was used. The default ``tol = 1e-3`` nats is an error in every
+log-likelihood term far below the minibatch noise of a mean NLL (per-sample log densities vary by nats, so a
+batch of a few hundred has noise of several 1e-2). The screen costs about ``((n-4)/n)^dim`` of a pass (58% for
+dim 3 with 24 nodes); ``check=False`` skips all of it.
 
 Sampling (grid rules). One coordinate at a time: the conditional density of x_j given the drawn x_<j, with
 the later coordinates integrated out by the quadrature rule, is evaluated on ``sample_nodes`` (257) uniform
@@ -43,9 +49,13 @@ and ``log_prob`` evaluates the density at exactly the drawn point (no clamping),
 differ only by interpolation and quadrature error. ``tests/test_poly.py`` checks this with KS and
 chi-square tests on peaked multimodal densities.
 
-Memory. Batch rows are processed in chunks whose temporaries stay under ``chunk_bytes``; with gradients on
-and several chunks, each chunk is checkpointed (recomputed in backward), so memory stays bounded for any
-batch size in the backward pass too.
+Speed and memory. The grid ``log Z`` / entropy pass is one autograd function: rows are processed in blocks whose
+grid energies (about 1 MiB) stay in cache, backward recomputes a block's energies instead of storing them (it
+keeps them when everything is one block), and the contraction's adjoint is written out, so memory stays bounded
+for any batch. The blocks' many small ops run on one intra-op thread (``single_thread_for_small_ops``): split over
+threads, every op would end in a barrier, which costs little on an idle machine but many times the work when
+another process keeps a core busy. Other grid passes (mean, mode, sampling) are chunked under ``chunk_bytes``,
+checkpointing chunks when differentiating.
 """
 
 from __future__ import annotations
@@ -66,11 +76,21 @@ from mepoly_il.poly.quadrature import (
     loglinear_inverse,
     loglinear_log_density,
     rule,
+    single_thread_for_small_ops,
 )
 
 __all__ = ["PolynomialDistribution", "PolynomialFamily", "QuadratureWarning"]
 
 _QUADRATURES = ("auto", "gauss", "trapezoid", "qmc")
+# grid energies per block of rows in the fused log Z pass: about 1 MiB of float32, so one block's temporaries
+# stay in cache and every op is small enough to run without thread synchronisation
+_BLOCK_ELEMENTS = 2**18
+
+
+def _block_rows(grid_nodes: int) -> int:
+    return max(1, _BLOCK_ELEMENTS // grid_nodes)
+
+
 _AUTO_MAX_NODES = 2**17
 
 
@@ -94,7 +114,8 @@ class PolynomialFamily:
         nodes: 1-D nodes per dim for the grid rules (default: Gauss ``max(12, 2K + 8)``, trapezoid 64).
         clip: optional elementwise clip of the natural params (the paper clamps at 5).
         soft_clip: clip with ``clip * tanh(lam / clip)`` instead of a hard clamp (keeps gradients alive).
-        tol: target absolute error of ``log Z`` for the under-resolution check.
+        tol: target absolute error of ``log Z`` (nats) for the under-resolution check; 1e-3 by default, far
+            below the minibatch noise of a negative log-likelihood (see the module docstring).
         check: run the under-resolution check/refinement (grid rules).
         max_nodes: cap on refined nodes per dim (default: ``2**21`` grid nodes per row, at most 1024).
         max_grid_bytes: per-row memory a full grid may take; larger requested grids raise ``ValueError``.
@@ -112,7 +133,7 @@ class PolynomialFamily:
         nodes: int | None = None,
         clip: float | None = None,
         soft_clip: bool = False,
-        tol: float = 1e-4,
+        tol: float = 1e-3,
         check: bool = True,
         max_nodes: int | None = None,
         max_grid_bytes: int = 512 * 2**20,
@@ -201,20 +222,18 @@ class PolynomialFamily:
         if key not in self._cache:
             r: Rule = rule(kind, n)
             nodes = r.nodes.to(device=device, dtype=dtype)
-            table64 = basis_table(self.basis, r.nodes, self.order).to(device=device)
-            # step matrices are built in float64, then cast, so float32 runs lose nothing extra
-            steps = [self.plan.step_matrix(j, table64).to(dtype) for j in range(self.dim)]
+            # tables are built in float64, then cast, so float32 runs lose nothing extra
+            table = basis_table(self.basis, r.nodes, self.order).to(device=device, dtype=dtype)
             lw = grid_log_weights([r] * self.dim, dtype, device)
-            self._cache[key] = (nodes, steps, lw, r.log_weights.to(device=device, dtype=dtype))
+            self._cache[key] = (nodes, [table] * self.dim, lw, r.log_weights.to(device=device, dtype=dtype))
         return self._cache[key]
 
     def _fine(self, dtype: torch.dtype, device: torch.device):
         key = ("fine", dtype, device)
         if key not in self._cache:
             x = torch.linspace(-1.0, 1.0, self.sample_nodes, dtype=torch.float64, device=device)
-            table = basis_table(self.basis, x, self.order)
-            steps = [self.plan.step_matrix(j, table).to(dtype) for j in range(self.dim)]
-            self._cache[key] = (x.to(dtype), table.to(dtype), steps)
+            table = basis_table(self.basis, x, self.order).to(dtype)
+            self._cache[key] = (x.to(dtype), table, [table] * self.dim)
         return self._cache[key]
 
     def _rows_per_chunk(self, elements_per_row: int, itemsize: int) -> int:
@@ -248,17 +267,16 @@ class PolynomialFamily:
     # ----------------------------------------------------------------------------------- grid passes
     def _grid_pass(self, coef: torch.Tensor, kind: str, n: int, full: bool):
         """One quadrature pass on a chunk: coef ``(b, R0)`` -> logZ ``(b,)`` [and entropy ``(b,)``]."""
-        _, steps, lw, _ = self._grid(kind, n, coef.dtype, coef.device)
-        logits = self.plan.contract(coef[:, None, :], steps)[..., 0]  # (b, n^d)
+        _, tables, lw, _ = self._grid(kind, n, coef.dtype, coef.device)
         if not full:
             with torch.no_grad():
-                return _LogZEntropy.forward(None, logits, lw)[0]
-        return _LogZEntropy.apply(logits, lw)
+                return _GridLogZEntropy.forward(None, coef, self.plan, tables, lw)[0]
+        return _GridLogZEntropy.apply(coef, self.plan, tables, lw)
 
     def _grid_mean(self, coef: torch.Tensor, log_z: torch.Tensor, kind: str, n: int) -> torch.Tensor:
         """``E[x]`` on a chunk: coef ``(b, R0)``, log Z ``(b,)`` -> ``(b, d)``."""
-        nodes, steps, lw, _ = self._grid(kind, n, coef.dtype, coef.device)
-        logits = self.plan.contract(coef[:, None, :], steps)[..., 0]
+        nodes, tables, lw, _ = self._grid(kind, n, coef.dtype, coef.device)
+        logits = self.plan.grid_energies(coef, tables)
         p = torch.exp(logits + lw - log_z[:, None]).reshape(coef.shape[0], *([n] * self.dim))
         means = []
         for j in range(self.dim):
@@ -285,19 +303,20 @@ class PolynomialFamily:
         return torch.cat(outs, dim=0)
 
     def _grid_stats(self, coef: torch.Tensor, natural_params: torch.Tensor):
-        """logZ, entropy, error estimate, nodes used: each ``(B,)``."""
+        """logZ, entropy, error estimate, nodes used: each ``(B,)``. See "Under-resolution" in the module doc."""
         kind, n = self.quadrature_kind, self.nodes
-        elems = lambda m: self.plan.row_elements([m] * self.dim)  # noqa: E731
-        log_z, ent = self._chunked(self._grid_pass, coef, elems(n), kind, n, True)
+        log_z, ent = self._grid_pass(coef, kind, n, True)
         rows = coef.shape[0]
         used = torch.full((rows,), n, dtype=torch.long, device=coef.device)
         err = torch.full((rows,), float("nan"), dtype=coef.dtype, device=coef.device)
         if not self.check:
             return log_z, ent, err, used, None
+        trapezoid = kind == "trapezoid"
         with torch.no_grad():
-            m = (n + 1) // 2 if kind == "trapezoid" else n - 4
-            z_coarse = self._chunked(self._grid_pass, coef.detach(), elems(m), kind, m, False)
-            err = self._err_estimate(log_z.detach(), z_coarse, n, m, kind)
+            cz = coef.detach()
+            # screen: a cheap coarser rule (its own error, an upper estimate of the error at n)
+            m = (n + 1) // 2 if trapezoid else max(1, n - 4)
+            err = self._err_estimate(log_z.detach(), self._grid_pass(cz, kind, m, False), n, m, kind)
             pending = torch.nonzero(~(err <= self.tol)).squeeze(1)  # NaN/inf count as failing
             assigned: dict[int, torch.Tensor] = {}
             cur_n, cur_z = n, log_z.detach()[pending]
@@ -305,11 +324,13 @@ class PolynomialFamily:
                 nxt = self._next_nodes(cur_n)
                 if nxt > self.max_nodes:
                     break
-                z_next = self._chunked(self._grid_pass, coef.detach()[pending], elems(nxt), kind, nxt, False)
+                z_next = self._grid_pass(cz[pending], kind, nxt, False)
                 e = self._err_estimate(z_next, cur_z, nxt, cur_n, kind)
                 ok = e <= self.tol
                 err[pending] = e
-                assigned[nxt] = pending[ok]
+                # Gauss: |Q_n - Q_wider| is the error at n itself (the wider rule's is far smaller), so a row
+                # that passes keeps the level it already has; trapezoid: Richardson estimates the finer level
+                assigned[nxt if trapezoid else cur_n] = pending[ok]
                 pending, cur_z, cur_n = pending[~ok], z_next[~ok], nxt
             if pending.numel():
                 assigned[cur_n] = torch.cat([assigned.get(cur_n, pending[:0]), pending])
@@ -326,7 +347,7 @@ class PolynomialFamily:
         for nn, idx in assigned.items():
             if nn == n or idx.numel() == 0:
                 continue
-            z2, h2 = self._chunked(self._grid_pass, coef[idx], elems(nn), kind, nn, True)
+            z2, h2 = self._grid_pass(coef[idx], kind, nn, True)
             log_z = log_z.index_put((idx,), z2)
             ent = ent.index_put((idx,), h2)
             used[idx] = nn
@@ -337,7 +358,7 @@ class PolynomialFamily:
         diff = (z_fine - z_coarse).abs()
         if kind == "trapezoid":  # error ~ h^2: Richardson estimate of the fine rule's error
             return diff / (((n_fine - 1) / (n_coarse - 1)) ** 2 - 1)
-        return diff  # Gauss converges geometrically: |fine - coarse| bounds the coarse (so the fine) error
+        return diff  # Gauss converges fast: |fine - coarse| is about the coarse rule's error
 
     # ------------------------------------------------------------------------------------ qmc passes
     def _proposal(self, lam: torch.Tensor, sweeps: int = 4, defensive: float = 0.05) -> torch.Tensor:
@@ -426,37 +447,66 @@ class PolynomialFamily:
         return log_z, ent, err, used, extras
 
 
-class _LogZEntropy(torch.autograd.Function):
-    """Fused ``(log Z, H)`` from grid energies with a hand-written backward.
+def _log_z_entropy(logits: torch.Tensor, lw: torch.Tensor):
+    """``log Z = logsumexp(l + lw)`` and ``E_p[l]`` of grid energies ``(b, N)`` -> ``(b,), (b,)``."""
+    a = logits + lw
+    m = a.amax(dim=-1, keepdim=True)
+    a.sub_(m).exp_()
+    s = a.sum(dim=-1)
+    log_z = m.squeeze(-1) + s.log()
+    e_ell = (a.mul_(logits)).sum(-1) / s  # einsum/bmm is several times slower here on CPU
+    return log_z, e_ell
+
+
+class _GridLogZEntropy(torch.autograd.Function):
+    """Fused ``(log Z, H)`` on a full tensor grid from the coefficients, with a hand-written backward.
 
     ``log Z = logsumexp(l + lw)``, ``H = log Z - sum p l`` with ``p = exp(l + lw - log Z)``; so
-    ``dlogZ/dl = p`` and ``dH/dl = -p (l - E_p[l])``. Saving only ``l`` and recomputing ``p`` in backward
-    keeps memory at one grid per row and avoids autograd's chain of elementwise temporaries.
+    ``dlogZ/dl = p`` and ``dH/dl = -p (l - E_p[l])``, and ``d/dcoef`` is the adjoint of the (linear) separable
+    contraction. Rows are processed in blocks whose grid energies stay in cache (``_BLOCK_ELEMENTS``); nothing of
+    grid size is saved for backward, which recomputes the energies of each block (cheaper than storing them).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, lw: torch.Tensor):  # ctx None: plain no-grad call
-        a = logits + lw
-        m = a.amax(dim=-1, keepdim=True)
-        a.sub_(m).exp_()
-        s = a.sum(dim=-1)
-        log_z = m.squeeze(-1) + s.log()
-        e_ell = (a * logits).sum(-1) / s  # einsum/bmm is several times slower here on CPU
+    def forward(ctx, coef: torch.Tensor, plan: ContractionPlan, tables: list, lw: torch.Tensor):
+        # ctx None: plain no-grad call
+        rows = coef.shape[0]
+        step = _block_rows(lw.numel())
+        with single_thread_for_small_ops(coef.device):
+            if rows <= step:  # one block: keep its energies for backward (small, saves the recompute)
+                logits = plan.grid_energies(coef, tables)
+                log_z, e_ell = _log_z_entropy(logits, lw)
+            else:
+                logits = None
+                log_z, e_ell = coef.new_empty(rows), coef.new_empty(rows)
+                for a in range(0, rows, step):
+                    log_z[a : a + step], e_ell[a : a + step] = _log_z_entropy(
+                        plan.grid_energies(coef[a : a + step], tables), lw
+                    )
         if ctx is not None:
-            ctx.save_for_backward(logits, lw, log_z, e_ell)
+            ctx.plan, ctx.tables, ctx.logits = plan, tables, logits
+            ctx.save_for_backward(coef, lw, log_z, e_ell)
         return log_z, log_z - e_ell
 
     @staticmethod
     def backward(ctx, g_z: torch.Tensor, g_h: torch.Tensor):
-        logits, lw, log_z, e_ell = ctx.saved_tensors
+        coef, lw, log_z, e_ell = ctx.saved_tensors
+        plan, tables = ctx.plan, ctx.tables
         if g_z is None:
             g_z = torch.zeros_like(log_z)
         if g_h is None:
             g_h = torch.zeros_like(log_z)
-        p = (logits + lw).sub_(log_z[:, None]).exp_()
-        coef = logits * (-g_h[:, None])
-        coef.add_((g_z + g_h * e_ell)[:, None])
-        return p.mul_(coef), None
+        grad = torch.empty_like(coef)
+        step = _block_rows(lw.numel())
+        with single_thread_for_small_ops(coef.device):
+            for a in range(0, coef.shape[0], step):
+                sl = slice(a, a + step)
+                logits = ctx.logits if ctx.logits is not None else plan.grid_energies(coef[sl], tables)
+                p = (logits + lw).sub_(log_z[sl, None]).exp_()
+                # dL/dl = p * (g_z + g_h * (E[l] - l))
+                w = (logits * -g_h[sl, None]).add_((g_z[sl] + g_h[sl] * e_ell[sl])[:, None])
+                grad[sl] = plan.grid_energies_adjoint(p.mul_(w), tables)
+        return grad, None, None, None
 
 
 class PolynomialDistribution(Distribution):
@@ -508,7 +558,8 @@ class PolynomialDistribution(Distribution):
                 self._stats = self.family._qmc_stats(lam)
             else:
                 coef = torch.nn.functional.pad(lam, (1, 0))
-                self._stats = self.family._grid_stats(coef, lam)
+                with single_thread_for_small_ops(lam.device):
+                    self._stats = self.family._grid_stats(coef, lam)
         return self._stats
 
     def _validate_sample(self, value: torch.Tensor) -> None:
@@ -593,7 +644,8 @@ class PolynomialDistribution(Distribution):
             if self.family.quadrature == "qmc":
                 x = self._sample_sir(lam, s)
             else:
-                x = self._sample_sequential(lam, s)
+                with single_thread_for_small_ops(lam.device):
+                    x = self._sample_sequential(lam, s)
         return x.reshape(*sample_shape, *self.batch_shape, self.family.dim)
 
     def _sample_sequential(self, lam: torch.Tensor, s: int) -> torch.Tensor:
@@ -609,7 +661,7 @@ class PolynomialDistribution(Distribution):
         plan = fam.plan
         n = int(self._compute()[3].max().item())
         _, steps, _, lw1 = fam._grid(fam.quadrature_kind, n, dtype, dev)
-        _, _, fine_steps = fam._fine(dtype, dev)
+        _, _, fine_steps = fam._fine(dtype, dev)  # 1-D tables shared by all rows
         m, h = fam.sample_nodes, 2.0 / (fam.sample_nodes - 1)
         rows = lam.shape[0]
         coef = torch.nn.functional.pad(lam, (1, 0))[:, None, :]  # (B, 1, R0)
@@ -659,6 +711,10 @@ class PolynomialDistribution(Distribution):
     @property
     def mode(self) -> torch.Tensor:
         """Highest-density point: best grid node, then projected gradient ascent: ``batch_shape + (dim,)``."""
+        with single_thread_for_small_ops(self.natural_params.device):
+            return self._mode()
+
+    def _mode(self) -> torch.Tensor:
         fam = self.family
         lam = self._flat().detach()
         with torch.no_grad():

@@ -5,16 +5,20 @@ Separable contraction
 The energy ``l(x) = sum_e lam_e prod_j B_{e_j}(x_j)`` on a tensor grid ``x_{i_1} x ... x x_{i_d}`` is never
 formed as ``(grid nodes, features) @ lam``. Instead the coefficients are contracted with 1-D basis tables one
 dimension at a time: after step ``j`` the intermediate is indexed by (grid indices of dims ``< j``, exponent
-tuples of dims ``>= j`` whose total degree is <= order). That costs ``sum_j N_1..N_j (K+1) R_j`` per batch row
-(``R_j`` = number of such tuples) instead of ``N^d * F``: for dim 3, order 8, 24 nodes that is ~0.2 MFLOP
-against ~2.3 MFLOP for the dense feature matrix, and the (nodes x features) matrix is never stored.
-Each 1-D table is either shared by all rows ``(n, K+1)`` or per row ``(rows, n, K+1)``; the per-row form is
-what conditional sampling uses (a sampled coordinate is a 1-node "grid").
+tuples of dims ``>= j`` whose total degree is <= order). Step ``j`` gathers, for each later tuple ``q``, the
+``K+1`` coefficients of the exponents of dim ``j`` (zero where the degree would exceed the order) and multiplies
+by the 1-D table: ``N_1..N_j (K+1) R_{j+1}`` multiply-adds per batch row (``R_j`` = number of such tuples). For
+dim 3, order 8, 24 nodes that is about 0.18 M against 2.3 M for the dense ``(nodes, features)`` matrix, which is
+never formed; the last step (a plain matmul) dominates. Each 1-D table is either shared by all rows
+``(n, K+1)`` or per row ``(rows, n, K+1)``; the per-row form is what conditional sampling uses (a sampled
+coordinate is a 1-node "grid").
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +35,39 @@ __all__ = [
     "loglinear_inverse",
     "loglinear_log_density",
     "rule",
+    "single_thread_for_small_ops",
     "trapezoid",
 ]
+
+_guard = threading.local()
+
+
+@contextlib.contextmanager
+def single_thread_for_small_ops(device: torch.device):
+    """Run the enclosed CPU ops with one intra-op thread, restoring the previous count afterwards.
+
+    The grid passes issue many ops on about a MiB or less each. Split over threads (torch's elementwise ops
+    above their grain size, MKL's matmuls even when tiny), each op ends in a barrier; when another process keeps
+    a core busy, the threads wait for each other at every barrier and the pass gets tens of times slower, while
+    one thread loses little. Switching costs well under a microsecond. Re-entrant (only the outermost level
+    changes and restores the setting); CUDA work is unaffected. torch's thread count is process-wide: other
+    Python threads running torch ops meanwhile also get one thread.
+    """
+    if device.type != "cpu" or getattr(_guard, "depth", 0) > 0 or torch.get_num_threads() == 1:
+        _guard.depth = getattr(_guard, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            _guard.depth -= 1
+        return
+    before = torch.get_num_threads()
+    _guard.depth = 1
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        _guard.depth = 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +111,8 @@ class ContractionPlan:
     ``[constant] + feature multi-indices`` so that ``pad(lam, (1, 0))`` is the full coefficient vector.
     ``gather[j]`` ``(K+1, R_{j+1})`` maps (exponent of dim j, tuple of the later dims) to the position in
     ``tuples[j]``, or to ``R_j`` (a zero pad slot) when the total degree would exceed the order.
+    ``inverse[j]`` ``(R_j,)`` is the flat position of each tuple in the ``(R_{j+1}, K+1)`` layout of that gather:
+    every tuple appears exactly once there, so the adjoint of the gather is again a gather (no scatter-add).
     """
 
     def __init__(self, dim: int, order: int):
@@ -85,19 +122,30 @@ class ContractionPlan:
             self.tuples.append(total_degree_tuples(dim - j, order, include_constant=True) if j < dim else [()])
         self.sizes = [len(t) for t in self.tuples]
         self.gather: list[torch.Tensor] = []
+        self.inverse: list[torch.Tensor] = []
         for j in range(dim):
             pos = {t: i for i, t in enumerate(self.tuples[j])}
             idx = torch.full((order + 1, self.sizes[j + 1]), self.sizes[j], dtype=torch.long)
+            inv = torch.empty(self.sizes[j], dtype=torch.long)
             for r, rest in enumerate(self.tuples[j + 1]):
                 for k in range(order + 1 - sum(rest)):
                     idx[k, r] = pos[(k,) + rest]
+                    inv[pos[(k,) + rest]] = r * (order + 1) + k
             self.gather.append(idx)
-        self._dev_cache: dict[torch.device, list[torch.Tensor]] = {}
+            self.inverse.append(inv)
+        self._dev_cache: dict[torch.device, tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def _on(self, device: torch.device):
+        if device not in self._dev_cache:
+            self._dev_cache[device] = (
+                [g.to(device) for g in self.gather],
+                [g.T.reshape(-1).to(device) for g in self.gather],  # (R_{j+1} * (K+1),): q major, k minor
+                [i.to(device) for i in self.inverse],
+            )
+        return self._dev_cache[device]
 
     def gather_on(self, device: torch.device) -> list[torch.Tensor]:
-        if device not in self._dev_cache:
-            self._dev_cache[device] = [g.to(device) for g in self.gather]
-        return self._dev_cache[device]
+        return self._on(device)[0]
 
     def row_elements(self, sizes: list[int], start: int = 0) -> int:
         """Largest intermediate (elements per batch row) when contracting dims ``start..`` with these node counts."""
@@ -108,38 +156,60 @@ class ContractionPlan:
             prod *= n
         return max(biggest, prod)
 
-    def step_matrix(self, j: int, table: torch.Tensor) -> torch.Tensor:
-        """Fold the gather of step ``j`` and a shared table ``(n, K+1)`` into one ``(R_j, n * R_{j+1})`` matrix.
+    def _shared_step(self, cur: torch.Tensor, j: int, table: torch.Tensor) -> torch.Tensor:
+        """Contract dim ``j`` with a shared table ``(n, K+1)``: ``(rows, P, R_j) -> (rows, P * n, R_{j+1})``.
 
-        Contracting a dim is then a single matmul (also in backward, where a gather would need a slow
-        scatter-add).
+        Only the ``R_{j+1} * (K+1)`` coefficients that can occur are gathered, then one matmul over the
+        exponent: about ``(K+1) / R_j`` of the multiply-adds of a dense (gather-folded) step matrix.
         """
-        r_next = self.sizes[j + 1]
-        onehot = torch.zeros(self.sizes[j] + 1, self.order + 1, r_next, dtype=table.dtype, device=table.device)
-        idx = self.gather[j].to(table.device)
-        onehot.scatter_(0, idx[None], 1.0)
-        mat = torch.einsum("skq,nk->snq", onehot[:-1], table)
-        return mat.reshape(self.sizes[j], table.shape[0] * r_next)
+        rows, p, _ = cur.shape
+        r_next, n = self.sizes[j + 1], table.shape[0]
+        if r_next == 1:  # last dim: tuples[j] is (0,), ..., (K,) in order, the gather is the identity
+            return (cur @ table.T).reshape(rows, p * n, 1)
+        padded = torch.cat([cur, cur.new_zeros(rows, p, 1)], dim=-1)
+        g = padded.index_select(-1, self._on(cur.device)[1][j]).view(rows, p, r_next, self.order + 1)
+        return (g @ table.T).transpose(-1, -2).reshape(rows, p * n, r_next)
+
+    def _shared_step_adjoint(self, grad: torch.Tensor, j: int, table: torch.Tensor) -> torch.Tensor:
+        """Adjoint of ``_shared_step``: ``(rows, P * n, R_{j+1}) -> (rows, P, R_j)``."""
+        rows, pn, r_next = grad.shape
+        n = table.shape[0]
+        p = pn // n
+        if r_next == 1:
+            return grad.view(rows, p, n) @ table
+        g = grad.view(rows, p, n, r_next).transpose(-1, -2) @ table  # (rows, P, R_{j+1}, K+1)
+        return g.reshape(rows, p, -1).index_select(-1, self._on(grad.device)[2][j])
+
+    def grid_energies(self, coef: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
+        """Energies on a full tensor grid: coef ``(rows, R_0)``, shared tables ``(n_j, K+1)`` -> ``(rows, prod n_j)``
+        (last grid dim fastest)."""
+        return self.contract(coef[:, None, :], tables)[..., 0]
+
+    def grid_energies_adjoint(self, grad: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
+        """Adjoint (vector-Jacobian product) of ``grid_energies``: ``(rows, prod n_j) -> (rows, R_0)``."""
+        cur = grad[..., None]
+        for j in range(self.dim - 1, -1, -1):
+            cur = self._shared_step_adjoint(cur, j, tables[j])
+        return cur[:, 0, :]
 
     def contract(self, coef: torch.Tensor, steps: list[torch.Tensor], start: int = 0) -> torch.Tensor:
         """Energies on a tensor grid over dims ``start .. start+len(steps)-1``.
 
         coef: ``(rows, P, R_start)`` coefficients over the tuples of dims ``start..`` (``P`` = grid points of
-        the dims already contracted). steps: one per contracted dim, either a shared ``step_matrix``
-        ``(R_j, n_j * R_{j+1})`` or a per-row table ``(rows, n_j, K+1)``. Returns
-        ``(rows, P * n_start * ..., R_stop)`` (last grid dim fastest); ``R_stop = 1`` once all dims are done.
+        the dims already contracted). steps: one per contracted dim, either a 1-D basis table shared by all
+        rows ``(n_j, K+1)`` or a per-row table ``(rows, n_j, K+1)``. Returns ``(rows, P * n_start * ..., R_stop)``
+        (last grid dim fastest); ``R_stop = 1`` once all dims are done.
         """
         cur = coef
         for j, step in zip(range(start, start + len(steps)), steps, strict=True):
-            rows, p, _ = cur.shape
-            r_next = self.sizes[j + 1]
             if step.dim() == 2:
-                cur = (cur @ step).reshape(rows, p * (step.shape[1] // r_next), r_next)
+                cur = self._shared_step(cur, j, step)
             else:
+                rows, p, _ = cur.shape
                 padded = torch.cat([cur, cur.new_zeros(rows, p, 1)], dim=-1)
                 g = padded[..., self.gather_on(cur.device)[j]]  # (rows, P, K+1, R_{j+1})
                 out = torch.einsum("rpkq,rnk->rpnq", g, step)
-                cur = out.reshape(rows, p * step.shape[-2], r_next)
+                cur = out.reshape(rows, p * step.shape[-2], self.sizes[j + 1])
         return cur
 
 
