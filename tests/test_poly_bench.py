@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mepoly_il.bench import poly as bench
+from mepoly_il.cli import main as cli_main
 
 
 def test_bench_row_reports_both_sides_and_accuracy():
@@ -27,7 +28,7 @@ def test_scale_row_never_silent():
 
 def test_cli_smoke_writes_json(tmp_path):
     out = tmp_path / "b.json"
-    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    assert cli_main(["bench", "poly", "--smoke", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["main"] and data["headline"] and data["qmc"] and data["scale"] and "goal" in data
     assert data["qmc"][0]["ours_quadrature"] in ("gauss", "qmc")

@@ -19,7 +19,6 @@ reproducible.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import subprocess
@@ -27,6 +26,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -267,31 +267,33 @@ def format_scale(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="mepoly-il bench poly", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small grid (about 30 s on an idle 2-core machine)")
-    ap.add_argument("--smoke", action="store_true", help="tiny grid (seconds): checks the command runs, no claims")
-    ap.add_argument("--out", default="bench_poly.json", help="JSON results file (default: bench_poly.json)")
-    ap.add_argument(
-        "--sections", default="main,headline,qmc,scale", help="comma-separated subset of: main, headline, qmc, scale"
+def benchmark(
+    *,
+    quick: bool = False,
+    smoke: bool = False,
+    out: str = "bench_poly.json",
+    sections: str = "main,headline,qmc,scale",
+    threads: int | None = None,
+    busy: int = 0,
+    seed: int = 0,
+    reps: int = 3,
+) -> int:
+    """Time and check the core against the reference on a grid of (dim, order, batch); print tables, write JSON.
+
+    Args:
+        quick: small grid (about 30 s on an idle 2-core machine)
+        smoke: tiny grid (seconds): checks the command runs, no claims
+        out: JSON results file
+        sections: comma-separated subset of: main, headline, qmc, scale
+        threads: torch intra-op threads for both sides (default: torch's default)
+        busy: run next to this many CPU-bound processes (pure-Python spin loops) that the benchmark starts before
+            timing and always stops after; 1 on a 2-core machine = another job keeps one core busy
+        seed: seed of the random natural params
+        reps: timed repeats per measurement (best of)
+    """
+    args = SimpleNamespace(
+        quick=quick, smoke=smoke, out=out, sections=sections, threads=threads, busy=busy, seed=seed, reps=reps
     )
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op threads for both sides (default: torch's default). On a shared, "
-        "oversubscribed machine use 1: OpenMP barriers then dominate the many small ops of ours",
-    )
-    ap.add_argument(
-        "--busy",
-        type=int,
-        default=0,
-        help="run next to this many CPU-bound processes (pure-Python spin loops) that the benchmark starts "
-        "before timing and always stops after; 1 on a 2-core machine = another job keeps one core busy",
-    )
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random natural params")
-    ap.add_argument("--reps", type=int, default=3, help="timed repeats per measurement (best of)")
-    args = ap.parse_args(argv)
     out = Path(args.out)
     if out.exists() and out.is_dir():
         from mepoly_il.errors import UserError
@@ -436,7 +438,3 @@ def _run(args, out, main_grid, qmc_grid, scale_grid, headline, small_batches, er
     write_json_atomic(out, results)
     print(f"wrote {out}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

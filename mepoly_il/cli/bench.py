@@ -102,8 +102,6 @@ def main(argv: list[str]) -> int:
 
         raise UserError(f"benchmark {name!r} is not built yet in this version")
     module = importlib.import_module(f"mepoly_il.bench.{name}")
-    if not hasattr(module, "benchmark"):  # a benchmark that still parses its own command line
-        return int(module.main(argv[1:]) or 0)
     fn = module.benchmark
     kwargs = vars(build_parser(name, fn).parse_args(argv[1:]))
     if "command" in inspect.signature(fn).parameters:
