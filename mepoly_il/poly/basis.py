@@ -5,8 +5,7 @@ Feature convention (used everywhere in ``mepoly_il.poly``):
 * A feature is ``phi_e(x) = prod_j B_{e_j}(x_j)`` for a multi-index ``e`` with ``1 <= |e| <= order``.
 * The constant multi-index ``(0, ..., 0)`` is **not** a feature. Its natural parameter would only add a
   constant to the energy, which cancels against ``log Z``: it is unidentifiable and gets no gradient from
-  the likelihood. So ``num_features = C(dim + order, dim) - 1`` (the paper's code keeps it; see
-  anchor-mepoly-rl.md §2.2).
+  the likelihood. So ``num_features = C(dim + order, dim) - 1`` (the paper's Appendix B code keeps it).
 * Order: by total degree, then lexicographically descending, so for dim 2 the list starts
   ``(1,0), (0,1), (2,0), (1,1), (0,2), ...``.
 * ``legendre``: un-normalised Legendre polynomials ``P_n`` (``P_n(1) = 1``), as in the paper's code, so a
