@@ -1,15 +1,20 @@
-"""`mepoly-il rl {ppo,sweep,report}`: PPO with Gaussian / mixture / MePoly / flow heads on the bandits and
-Smooth World.
+"""`mepoly-il rl {ppo,sac,s2ac,rpg,sweep,report}`: PPO with Gaussian / mixture / MePoly / flow heads, SAC with
+Gaussian / mixture / MePoly heads, S2AC and RPG on the bandits, Smooth World and the multi-goal point mass.
 
     mepoly-il rl ppo --env bandit-lemniscate --head mepoly --seed 0 --out runs/rl/x
+    mepoly-il rl sac --env multigoal --head mepoly --estimator quadrature --seed 0 --out runs/rl/y
+    mepoly-il rl s2ac --env multigoal --alpha 1.0 --seed 0 --out runs/rl/z
+    mepoly-il rl rpg --env toy1d --seed 0 --out runs/rl/t
     mepoly-il rl sweep --envs bandit-lemniscate bandit-two-moons --heads gaussian gmm mepoly fpo \\
         --seeds 0 1 2 --out runs/rl/main --jobs 2
     mepoly-il rl report runs/rl/main --out eval/rl
 
 ENV is ``bandit-lemniscate``, ``bandit-two-moons`` or ``smoothworld-<layout>`` (layouts: two_walls,
-four_walls, tree_in_the_middle, two_slits, cshape, three_goals; hyphens or underscores). Options left unset take
-the per-env / per-head preset of :func:`mepoly_il.rl.config.preset` (the budget of the published tables in
-eval/rl/), then the dataclass defaults. Option names take hyphens or underscores (``--num-envs`` = ``--num_envs``).
+four_walls, tree_in_the_middle, two_slits, cshape, three_goals; hyphens or underscores); sac and s2ac also take
+``multigoal``, rpg ``toy1d``. Options left unset take the per-env / per-head preset of
+:func:`mepoly_il.rl.config.preset` (PPO: the budget of the published tables in eval/rl/) or
+:func:`mepoly_il.rl.config.sac_preset`, then the dataclass defaults. Option names take hyphens or underscores
+(``--num-envs`` = ``--num_envs``).
 """
 
 from __future__ import annotations
@@ -385,6 +390,8 @@ def run_sac(method: str, argv: list[str]) -> dict:
     from mepoly_il.utils import atomic_path, check_output_path, write_json_atomic
 
     ns, kind, task, (sac_cfg, actor_cfg, env_cfg, eval_cfg) = parse_method(method, argv)
+    if method == "s2ac" and sac_cfg.autotune:
+        raise UserError("--autotune true: S2AC samples exp(Q / alpha) at a fixed temperature; drop it and set --alpha")
     check_output_path(ns.out, ns.overwrite)
     torch.manual_seed(ns.seed)
     np.random.seed(ns.seed)
