@@ -345,8 +345,7 @@ def write_report(roots: list[str | Path], out: str | Path, overwrite: bool = Fal
         (out / "ablation.md").write_text(
             bandit_table(groups, b_envs, abl, "Bandit: MePoly order / basis ablation") + "\n"
         )
-        present = [v for v in variants if any((e, v) in groups for e in b_envs)]
-        plot_bandit_scatter(runs, b_envs, present, out / "bandit_scatter.png")
+        plot_bandit_scatter(runs, b_envs, variants, out / "bandit_scatter.png")
         plot_bandit_scatter(runs, b_envs, abl, out / "ablation_scatter.png")
         plot_curves(
             runs,
