@@ -167,6 +167,7 @@ def test_report_tables_ppo_and_sac_together(tmp_path):
         (["s2ac", "--env", "multigoal", "--particles", "1"], "--particles 1"),
         (["s2ac", "--env", "multigoal", "--autotune", "true"], "fixed temperature"),
         (["s2ac", "--env", "bandit-lemniscate", "--eval-selection", "best"], "eval_selection"),
+        (["s2ac", "--env", "multigoal", "--estimator", "lr"], "unrecognized arguments"),
         (["rpg", "--env", "multigoal"], "unknown environment"),
         (["rpg", "--env", "toy1d", "--decay", "2"], "decay=2.0"),
         (["rpg", "--env", "toy1d", "--ent-coef", "0.1"], "unrecognized arguments"),

@@ -317,7 +317,7 @@ def method_parser(method: str, env: str | None = None, head: str | None = None):
 
     from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
-    from mepoly_il.rl.config import RPG_PPO_PRESET, SAC_HEADS, SAC_PRESETS, preset, sac_preset
+    from mepoly_il.rl.config import RPG_PPO_PRESET, S2AC_UNUSED, SAC_HEADS, SAC_PRESETS, preset, sac_preset
 
     class Formatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
         """jsonargparse's help, with the presets epilog kept line by line."""
@@ -349,7 +349,8 @@ def method_parser(method: str, env: str | None = None, head: str | None = None):
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     try:
         for cls in method_sections(method, env):
-            p.add_class_arguments(cls, None, as_group=True)
+            skip = S2AC_UNUSED if method == "s2ac" and cls.__name__ == "SACConfig" else None
+            p.add_class_arguments(cls, None, as_group=True, skip=skip)
     finally:
         set_parsing_settings(docstring_parse_attribute_docstrings=False)
     if env is not None:
@@ -376,7 +377,7 @@ def parse_method(method: str, argv: list[str]):
     kind, task = parse_env(ns.env, EXTRA_ENVS[method])
     if not 0 <= ns.seed < RL_EVAL_SEED_OFFSET:
         raise UserError(f"--seed {ns.seed}: must lie in [0, {RL_EVAL_SEED_OFFSET}) so evaluation seeds never repeat it")
-    cfgs = [cls(**{f.name: ns[f.name] for f in fields(cls)}) for cls in method_sections(method, ns.env)]
+    cfgs = [cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns}) for cls in method_sections(method, ns.env)]
     return ns, kind, task, cfgs
 
 

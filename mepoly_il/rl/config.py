@@ -218,6 +218,8 @@ SAC_PRESETS: dict[str, dict[str, object]] = {
         "quad_nodes": 16,
     },
 }
+#: SACConfig fields of the head actors that the SVGD actor does not read (not offered as `rl s2ac` flags).
+S2AC_UNUSED = frozenset({"estimator", "lr_samples", "quad_nodes"})
 #: S2AC: the temperature is fixed (the sampler targets exp(Q / alpha)); head fields do not exist for it.
 S2AC_PRESET: dict[str, object] = {"autotune": False, "alpha": 1.0}
 #: RPG's latent-conditioned policy trained by PPO on the project's envs (our variant): no entropy estimate.
@@ -228,7 +230,7 @@ def sac_preset(kind: str, head: str | None) -> dict[str, object]:
     """Flat ``field -> value`` preset of one `rl sac` (``head`` given) or `rl s2ac` (``head`` None) run."""
     out = dict(SAC_PRESETS[kind])
     if head is None:
-        out = {k: v for k, v in out.items() if k not in _HEAD_FIELDS}
+        out = {k: v for k, v in out.items() if k not in _HEAD_FIELDS and k not in S2AC_UNUSED}
         out.update(S2AC_PRESET)
     else:
         out["estimator"] = SAC_HEADS[head]
