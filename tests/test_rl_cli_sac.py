@@ -99,6 +99,29 @@ def test_sac_multigoal_goal_shares(tmp_path):
             assert np.linalg.norm(tr[length] - [[5, 0], [-4, 3], [-4, -3]][g]) < 0.5
 
 
+def test_eval_multigoal_scripted_policy():
+    """A policy that walks right at full speed hits G1 = (5, 0) on step 5; one going up times out."""
+    import torch
+
+    from mepoly_il.eval.rl_eval import EvalView, eval_multigoal
+
+    class Walk:
+        def __init__(self, direction):
+            self.direction = torch.tensor(direction)
+
+        def act_eval(self, obs):
+            return self.direction.expand(obs.shape[0], 2)
+
+    m, z = eval_multigoal(EvalView(Walk([1.0, 0.0])), 120, seed=0, max_steps=30)
+    assert m["goal_hits"] == [120, 0, 0, 0] and m["left_goals_share"] == 0.0 and (z["length"] == 5).all()
+    assert np.allclose(z["traj"][0, :6, 0], np.arange(6)) and np.isnan(z["traj"][:, 6:]).all()
+    # per step: action cost 30 * |a|^2 and the squared distance to the nearest goal; +10 on arrival
+    d2 = [min((x - 5) ** 2, (x + 4) ** 2 + 9) for x in range(1, 6)]
+    assert m["return_mean"] == pytest.approx(-30 * 5 - sum(d2) + 10, rel=1e-5)
+    m, z = eval_multigoal(EvalView(Walk([0.0, 1.0])), 7, seed=0, max_steps=12)
+    assert m["goal_hits"] == [0, 0, 0, 7] and m["success_rate"] == 0.0 and (z["length"] == 12).all()
+
+
 @pytest.mark.parametrize("amortised", [False, True])
 def test_s2ac_multigoal(tmp_path, amortised):
     out = tmp_path / "s2ac"

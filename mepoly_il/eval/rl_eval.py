@@ -139,7 +139,8 @@ def eval_smoothworld(agent, envs, episodes: int, seed: int, max_steps: int) -> t
 
 
 def eval_multigoal(agent, episodes: int, seed: int, max_steps: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """Run ``episodes`` test episodes of the multi-goal point mass from the origin, acting by ``agent.head.act``.
+    """Run ``episodes`` test episodes of the multi-goal point mass from the origin (one env per episode), acting by
+    ``agent.head.act``.
 
     Metrics: per-goal hit counts and shares (``goal_names``: G1 right, G2 / G3 left; last entry timeouts), the
     share of the two left goals, success / timeout rates, mean return, and the mode statistics over the goals
@@ -149,28 +150,27 @@ def eval_multigoal(agent, episodes: int, seed: int, max_steps: int) -> tuple[dic
     from mepoly_il.eval.rl_metrics import mode_stats
 
     torch.manual_seed(RL_EVAL_SEED_OFFSET + seed)
-    env = VecMultiGoal(min(episodes, 50), max_steps=max_steps)
+    # one env per episode and only its first episode: taking the first N episodes to finish would favour short ones
+    env = VecMultiGoal(episodes, max_steps=max_steps)
     n_goals = len(env.goals)
     obs = env.reset()
-    cur = [[o.copy()] for o in obs]
-    goals, rets, lens, trajs = [], [], [], []
-    while len(goals) < episodes:
+    traj = np.full((episodes, max_steps + 1, 2), np.nan, dtype=np.float32)
+    traj[:, 0] = obs
+    goal = np.full(episodes, -2)
+    ret, length = np.zeros(episodes, dtype=np.float32), np.zeros(episodes, dtype=np.int64)
+    running = np.ones(episodes, dtype=bool)
+    for t in range(1, max_steps + 1):
         with torch.no_grad():
             a = agent.head.act(torch.as_tensor(obs))[0].numpy()
         obs, _, _, _, info = env.step(a)
-        for i in range(env.num_envs):
-            cur[i].append(info["final_obs"][i].copy())
-            if info["episode_done"][i]:
-                goals.append(int(info["episode_goal"][i]))
-                rets.append(float(info["episode_return"][i]))
-                lens.append(int(info["episode_length"][i]))
-                trajs.append(np.asarray(cur[i]))
-                cur[i] = [obs[i].copy()]
-    goal = np.asarray(goals[:episodes])
+        traj[running, t] = info["final_obs"][running]
+        done = running & info["episode_done"]
+        goal[done], ret[done], length[done] = info["episode_goal"][done], info["episode_return"][done], t
+        running &= ~done
+        if not running.any():
+            break
+    assert not running.any(), "every episode ends by the time limit"
     hits = [int((goal == g).sum()) for g in range(n_goals)] + [int((goal < 0).sum())]
-    traj = np.full((episodes, max_steps + 1, 2), np.nan, dtype=np.float32)
-    for i, t in enumerate(trajs[:episodes]):
-        traj[i, : len(t)] = t
     ms = mode_stats(goal[goal >= 0], n_goals)
     m = {
         "goal_names": [f"G{g + 1}" for g in range(n_goals)] + ["timeout"],
@@ -179,17 +179,12 @@ def eval_multigoal(agent, episodes: int, seed: int, max_steps: int) -> tuple[dic
         "left_goals_share": sum(hits[1:n_goals]) / episodes,
         "success_rate": float((goal >= 0).mean()),
         "timeout_rate": float((goal < 0).mean()),
-        "return_mean": float(np.mean(rets[:episodes])),
+        "return_mean": float(ret.mean()),
         "eval_episodes": int(episodes),
         "mode_entropy_norm": ms["mode_entropy_norm"],
         "num_modes_10pct": ms["num_modes_10pct"],
     }
-    arrays = {
-        "goal": goal,
-        "return": np.asarray(rets[:episodes], dtype=np.float32),
-        "length": np.asarray(lens[:episodes]),
-        "traj": traj,
-    }
+    arrays = {"goal": goal, "return": ret, "length": length, "traj": traj}
     return m, arrays
 
 
