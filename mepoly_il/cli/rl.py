@@ -1,15 +1,20 @@
-"""`mepoly-il rl {ppo,sweep,report}`: PPO with Gaussian / mixture / MePoly / flow heads on the bandits and
-Smooth World.
+"""`mepoly-il rl {ppo,sac,s2ac,rpg,sweep,report}`: PPO with Gaussian / mixture / MePoly / flow heads, SAC with
+Gaussian / mixture / MePoly heads, S2AC and RPG on the bandits, Smooth World and the multi-goal point mass.
 
     mepoly-il rl ppo --env bandit-lemniscate --head mepoly --seed 0 --out runs/rl/x
+    mepoly-il rl sac --env multigoal --head mepoly --estimator quadrature --seed 0 --out runs/rl/y
+    mepoly-il rl s2ac --env multigoal --alpha 1.0 --seed 0 --out runs/rl/z
+    mepoly-il rl rpg --env toy1d --seed 0 --out runs/rl/t
     mepoly-il rl sweep --envs bandit-lemniscate bandit-two-moons --heads gaussian gmm mepoly fpo \\
         --seeds 0 1 2 --out runs/rl/main --jobs 2
     mepoly-il rl report runs/rl/main --out eval/rl
 
 ENV is ``bandit-lemniscate``, ``bandit-two-moons`` or ``smoothworld-<layout>`` (layouts: two_walls,
-four_walls, tree_in_the_middle, two_slits, cshape, three_goals; hyphens or underscores). Options left unset take
-the per-env / per-head preset of :func:`mepoly_il.rl.config.preset` (the budget of the published tables in
-eval/rl/), then the dataclass defaults. Option names take hyphens or underscores (``--num-envs`` = ``--num_envs``).
+four_walls, tree_in_the_middle, two_slits, cshape, three_goals; hyphens or underscores); sac and s2ac also take
+``multigoal``, rpg ``toy1d``. Options left unset take the per-env / per-head preset of
+:func:`mepoly_il.rl.config.preset` (PPO: the budget of the published tables in eval/rl/) or
+:func:`mepoly_il.rl.config.sac_preset`, then the dataclass defaults. Option names take hyphens or underscores
+(``--num-envs`` = ``--num_envs``).
 """
 
 from __future__ import annotations
@@ -29,18 +34,21 @@ from mepoly_il.errors import UserError
 BANDIT_ENVS = {"bandit-lemniscate": "lemniscate", "bandit-two-moons": "two_moons"}
 
 
-def parse_env(env: str) -> tuple[str, str]:
+def parse_env(env: str, extra: tuple[str, ...] = ()) -> tuple[str, str]:
     """Split an env name: 'smoothworld-two-walls' -> ('smoothworld', 'two_walls'), 'bandit-lemniscate' ->
-    ('bandit', 'lemniscate')."""
+    ('bandit', 'lemniscate'); ``extra`` admits single-name envs of other commands ('multigoal', 'toy1d') as
+    (name, name)."""
     from mepoly_il.envs.smoothworld import LAYOUTS
 
     if env in BANDIT_ENVS:
         return "bandit", BANDIT_ENVS[env]
+    if env in extra:
+        return env, env
     if env.startswith("smoothworld-"):
         layout = env[len("smoothworld-") :].replace("-", "_")
         if layout in LAYOUTS:
             return "smoothworld", layout
-    choices = list(BANDIT_ENVS) + [f"smoothworld-{lay}" for lay in LAYOUTS]
+    choices = list(BANDIT_ENVS) + [f"smoothworld-{lay}" for lay in LAYOUTS] + list(extra)
     raise UserError(f"--env {env!r}: unknown environment; choose one of {', '.join(choices)}")
 
 
@@ -152,38 +160,71 @@ def parse_ppo(argv: list[str]):
 
 def run_ppo(argv: list[str]) -> dict:
     """Parse `rl ppo` options, train + evaluate one run and build ``--out`` atomically. Returns the metrics."""
+    from mepoly_il.eval.rl_eval import variant_name
+
+    ns, ppo_cfg, head_cfg, env_cfg, eval_cfg = parse_ppo(argv)
+    return _ppo_run(ns, ns.head, ppo_cfg, head_cfg, env_cfg, eval_cfg, "ppo", variant_name(ns.head, head_cfg))
+
+
+def _make_envs(kind: str, task: str, num_envs: int, env_cfg, seed: int):
+    """-> (vectorised envs, the bandit task or None)."""
+    if kind == "bandit":
+        from mepoly_il.envs.bandit import BanditTask, VecBandit
+
+        btask = BanditTask(task, sigma=env_cfg.sigma, cloud_seed=seed)
+        return VecBandit(btask, num_envs), btask
+    if kind == "multigoal":
+        from mepoly_il.envs.multigoal import VecMultiGoal
+
+        return VecMultiGoal(num_envs, max_steps=env_cfg.max_steps), None
+    from mepoly_il.envs.smoothworld import VecSmoothWorld
+
+    return VecSmoothWorld(task, num_envs, max_steps=env_cfg.max_steps, seed=seed), None
+
+
+def _make_head(name: str, obs_dim: int, act_dim: int, head_kw: dict):
+    from mepoly_il.rl.heads import make_head
+
+    if name == "rpg":  # lives beside its own trainer (rl/rpg.py imports heads, so heads cannot list it)
+        from mepoly_il.rl.rpg import LatentPolicy
+
+        return LatentPolicy(obs_dim, act_dim, **head_kw)
+    return make_head(name, obs_dim, act_dim, **head_kw)
+
+
+def _evaluate(agent, kind: str, btask, envs, env_cfg, eval_cfg, seed: int) -> tuple[dict, dict]:
+    from mepoly_il.eval.rl_eval import eval_bandit, eval_multigoal, eval_smoothworld
+
+    if kind == "bandit":
+        return eval_bandit(agent, btask, envs, eval_cfg.eval_samples, seed)
+    if kind == "multigoal":
+        return eval_multigoal(agent, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
+    return eval_smoothworld(agent, envs, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
+
+
+def _ppo_run(ns, head_name, ppo_cfg, head_cfg, env_cfg, eval_cfg, method: str, variant: str) -> dict:
+    """Train + evaluate one PPO run of ``head_name``; ``method`` and ``variant`` label it in metrics.json."""
     import numpy as np
     import torch
 
-    from mepoly_il.eval.rl_eval import eval_bandit, eval_smoothworld, variant_name
-    from mepoly_il.rl.heads import make_head
     from mepoly_il.rl.ppo import ActorCritic, train_ppo
     from mepoly_il.utils import atomic_path, check_output_path, write_json_atomic
 
-    ns, ppo_cfg, head_cfg, env_cfg, eval_cfg = parse_ppo(argv)
     kind, task = parse_env(ns.env)
     check_output_path(ns.out, ns.overwrite)
     torch.manual_seed(ns.seed)
     np.random.seed(ns.seed)
-
-    if kind == "bandit":
-        from mepoly_il.envs.bandit import BanditTask, VecBandit
-
-        btask = BanditTask(task, sigma=env_cfg.sigma, cloud_seed=ns.seed)
-        envs = VecBandit(btask, ppo_cfg.num_envs)
-    else:
-        from mepoly_il.envs.smoothworld import VecSmoothWorld
-
-        envs = VecSmoothWorld(task, ppo_cfg.num_envs, max_steps=env_cfg.max_steps, seed=ns.seed)
-    head_kw = head_cfg.head_kwargs(ns.head)
-    head = make_head(ns.head, envs.obs_dim, envs.act_dim, **head_kw)
+    envs, btask = _make_envs(kind, task, ppo_cfg.num_envs, env_cfg, ns.seed)
+    head_kw = head_cfg.head_kwargs(head_name)
+    head = _make_head(head_name, envs.obs_dim, envs.act_dim, head_kw)
     agent = ActorCritic(head, envs.obs_dim)
     config = {
         "env": ns.env,
         "kind": kind,
         "task": task,
-        "head": ns.head,
+        "head": head_name,
         "seed": ns.seed,
+        "method": method,
         "ppo": asdict(ppo_cfg),
         "head_kwargs": head_kw,
         "head_info": head.describe(),
@@ -192,7 +233,7 @@ def run_ppo(argv: list[str]) -> dict:
         "head_config": asdict(head_cfg),
         "eval": asdict(eval_cfg),
         "torch_threads": torch.get_num_threads(),
-        "command": "mepoly-il rl ppo " + " ".join(sys.argv[3:]),
+        "command": f"mepoly-il rl {method} " + " ".join(sys.argv[3:]),
     }
     with atomic_path(ns.out, overwrite=ns.overwrite) as out:
         out.mkdir(parents=True)
@@ -204,27 +245,306 @@ def run_ppo(argv: list[str]) -> dict:
             ppo_cfg,
             seed=ns.seed,
             log_dir=out,
-            progress_desc=None if ns.quiet else f"{ns.env} {ns.head} s{ns.seed}",
+            progress_desc=None if ns.quiet else f"{ns.env} {head_name} s{ns.seed}",
         )
         train_s = time.perf_counter() - t0
         (out / "checkpoints").mkdir()
         torch.save(agent.state_dict(), out / "checkpoints" / "final.pt")
         t1 = time.perf_counter()
-        if kind == "bandit":
-            metrics, arrays = eval_bandit(agent, btask, envs, eval_cfg.eval_samples, ns.seed)
-        else:
-            metrics, arrays = eval_smoothworld(agent, envs, eval_cfg.eval_episodes, ns.seed, env_cfg.max_steps)
+        metrics, arrays = _evaluate(agent, kind, btask, envs, env_cfg, eval_cfg, ns.seed)
         metrics.update(
             {
                 "env": ns.env,
-                "head": ns.head,
+                "head": head_name,
                 "seed": ns.seed,
-                "variant": variant_name(ns.head, head_cfg),
+                "method": method,
+                "variant": variant,
                 "env_steps": ppo_cfg.batch_size * ppo_cfg.iterations,
                 "train_seconds": train_s,
                 "eval_seconds": time.perf_counter() - t1,
                 "iteration_seconds_mean": float(np.mean([r["time_iteration_s"] for r in history])),
                 "final_train_return": history[-1]["episode_return"],
+            }
+        )
+        np.savez_compressed(out / "samples.npz", **arrays)
+        write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ sac, s2ac, rpg
+#: env kinds each off-policy / RPG command accepts besides the bandits and Smooth World
+EXTRA_ENVS = {"sac": ("multigoal",), "s2ac": ("multigoal",), "rpg": ("toy1d",)}
+ENV_HELP = "bandit-lemniscate | bandit-two-moons | smoothworld-<layout>"
+
+
+def method_sections(method: str, env: str | None = None) -> list[type]:
+    """The dataclasses behind `rl sac|s2ac|rpg`'s options (field names disjoint within each list)."""
+    from mepoly_il.eval.rl_eval import RLEvalConfig
+    from mepoly_il.rl.config import EnvConfig, HeadConfig, S2ACConfig
+    from mepoly_il.rl.ppo import PPOConfig
+    from mepoly_il.rl.rpg import RPGBanditConfig
+    from mepoly_il.rl.sac import SACConfig
+
+    if method == "sac":
+        return [SACConfig, HeadConfig, EnvConfig, RLEvalConfig]
+    if method == "s2ac":
+        return [SACConfig, S2ACConfig, EnvConfig, RLEvalConfig]
+    if env == "toy1d":
+        return [RPGBanditConfig, RLEvalConfig]
+    return [PPOConfig, HeadConfig, EnvConfig, RLEvalConfig]
+
+
+_DESCRIPTIONS = {
+    "sac": "Train one soft actor-critic run (twin Q, target critics, fixed or tuned temperature) with a Gaussian\n"
+    "(--estimator rp), mixture (mrp, lr) or MePoly (quadrature, lr) head and evaluate it.",
+    "s2ac": "Train one S2AC run: SAC whose actor is an SVGD sampler of exp(Q / alpha) with a closed-form entropy\n"
+    "(particle version; --amortised true learns the initial distribution), at a fixed temperature --alpha.",
+    "rpg": "--env toy1d: RPG's published 1-D toy bandit (latent-conditioned policy, reparameterised reward term,\n"
+    "ELBO bonus). Other envs (our variant, not the paper's method): the same latent-conditioned policy as a PPO\n"
+    "head (exact marginal log-prob over the latents; no entropy, no ELBO bonus). `--env toy1d --help` lists the\n"
+    "toy's options.",
+}
+_FILES = (
+    "The run directory holds config.json, progress.csv, checkpoints/final.pt, metrics.json and samples.npz, as `rl\n"
+    "ppo` writes them, so `rl report` tables them beside PPO runs. Flags take hyphens or underscores."
+)
+
+
+def method_parser(method: str, env: str | None = None, head: str | None = None):
+    """The jsonargparse parser of `rl sac|s2ac|rpg`; with ``env`` (and for sac ``head``) its defaults include
+    their preset."""
+    import argparse
+
+    from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+
+    from mepoly_il.rl.config import RPG_PPO_PRESET, S2AC_UNUSED, SAC_HEADS, SAC_PRESETS, preset, sac_preset
+
+    class Formatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+        """jsonargparse's help, with the presets epilog kept line by line."""
+
+    extra = EXTRA_ENVS[method]
+    if method == "rpg":
+        epilog = "presets: PPO's per-env presets (see `rl ppo --help`), then " + ", ".join(
+            f"{k}={v}" for k, v in RPG_PPO_PRESET.items()
+        )
+    else:
+        epilog = "presets (untuned CPU budgets; applied under the options you pass):\n" + "\n".join(
+            f"  {k}: " + ", ".join(f"{f}={v}" for f, v in d.items()) for k, d in SAC_PRESETS.items()
+        )
+        epilog += "\n  default estimator per head: " + ", ".join(f"{h}={e}" for h, e in SAC_HEADS.items())
+    p = ArgumentParser(
+        prog=f"mepoly-il rl {method}",
+        description=_DESCRIPTIONS[method] + "\n" + _FILES,
+        epilog=epilog,
+        formatter_class=Formatter,
+        exit_on_error=False,
+    )
+    p.add_argument("--env", required=True, help=ENV_HELP + " | " + " | ".join(extra))
+    if method == "sac":
+        p.add_argument("--head", required=True, choices=tuple(SAC_HEADS), help="policy head")
+    p.add_argument("--seed", type=int, default=0, help="seeds torch, numpy, env starts and the bandit cloud")
+    p.add_argument("--out", required=True, help="run directory (built atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    try:
+        for cls in method_sections(method, env):
+            skip = S2AC_UNUSED if method == "s2ac" and cls.__name__ == "SACConfig" else None
+            p.add_class_arguments(cls, None, as_group=True, skip=skip)
+    finally:
+        set_parsing_settings(docstring_parse_attribute_docstrings=False)
+    if env is not None:
+        kind, task = parse_env(env, extra)
+        if method == "sac" and head in SAC_HEADS:
+            p.set_defaults(sac_preset(kind, head))
+        elif method == "s2ac":
+            p.set_defaults(sac_preset(kind, None))
+        elif method == "rpg" and kind != "toy1d":
+            p.set_defaults({**preset(kind, task, "rpg"), **RPG_PPO_PRESET})
+    return p
+
+
+def parse_method(method: str, argv: list[str]):
+    """`rl sac|s2ac|rpg` options -> (namespace, kind, task, one validated config per section of
+    :func:`method_sections`)."""
+    from mepoly_il.eval.rl_eval import RL_EVAL_SEED_OFFSET
+
+    argv = _underscored(argv)
+    env_name = _peek(argv, "--env")
+    if env_name is not None:
+        parse_env(env_name, EXTRA_ENVS[method])  # an unknown env is named before anything else
+    ns = _parse(method_parser(method, env_name, _peek(argv, "--head")), argv)
+    kind, task = parse_env(ns.env, EXTRA_ENVS[method])
+    if not 0 <= ns.seed < RL_EVAL_SEED_OFFSET:
+        raise UserError(f"--seed {ns.seed}: must lie in [0, {RL_EVAL_SEED_OFFSET}) so evaluation seeds never repeat it")
+    cfgs = [cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns}) for cls in method_sections(method, ns.env)]
+    return ns, kind, task, cfgs
+
+
+def run_sac(method: str, argv: list[str]) -> dict:
+    """Parse `rl sac|s2ac` options, train + evaluate one run and build ``--out`` atomically. Returns the metrics."""
+    import numpy as np
+    import torch
+
+    from mepoly_il.eval.rl_eval import EvalView, variant_name
+    from mepoly_il.rl.sac import TwinQ, make_actor, train_sac
+    from mepoly_il.utils import atomic_path, check_output_path, write_json_atomic
+
+    ns, kind, task, (sac_cfg, actor_cfg, env_cfg, eval_cfg) = parse_method(method, argv)
+    if method == "s2ac" and sac_cfg.autotune:
+        raise UserError("--autotune true: S2AC samples exp(Q / alpha) at a fixed temperature; drop it and set --alpha")
+    check_output_path(ns.out, ns.overwrite)
+    torch.manual_seed(ns.seed)
+    np.random.seed(ns.seed)
+    envs, btask = _make_envs(kind, task, sac_cfg.num_envs, env_cfg, ns.seed)
+    critic = TwinQ(envs.obs_dim, envs.act_dim, sac_cfg.hidden)
+    if method == "sac":
+        head_name, head_kw = ns.head, actor_cfg.head_kwargs(ns.head)
+        head = _make_head(head_name, envs.obs_dim, envs.act_dim, head_kw)
+        actor = make_actor(head, sac_cfg)
+        variant = f"sac-{variant_name(head_name, actor_cfg)}-{sac_cfg.estimator}"
+        head_info = head.describe()
+    else:
+        from mepoly_il.rl.s2ac import SVGDActor
+
+        c = actor_cfg
+        head_name, head_kw = "svgd", {}
+        actor = SVGDActor(
+            envs.obs_dim,
+            envs.act_dim,
+            critic,
+            alpha=sac_cfg.alpha,
+            particles=c.particles,
+            steps=c.svgd_steps,
+            step_size=c.svgd_step_size,
+            init_std=c.init_std,
+            amortised=c.amortised,
+            hidden=c.actor_hidden,
+            train_selection=c.train_selection,
+            eval_selection=c.eval_selection,
+        )
+        variant = "s2ac-amortised" if c.amortised else "s2ac"
+        head_info = {"name": variant, "particles": c.particles, "svgd_steps": c.svgd_steps}
+    config = {
+        "env": ns.env,
+        "kind": kind,
+        "task": task,
+        "head": head_name,
+        "seed": ns.seed,
+        "method": method,
+        "sac": asdict(sac_cfg),
+        "head_kwargs": head_kw,
+        "head_info": head_info,
+        "sigma": env_cfg.sigma if kind == "bandit" else None,
+        "max_steps": env_cfg.max_steps if kind != "bandit" else None,
+        ("head_config" if method == "sac" else "s2ac"): asdict(actor_cfg),
+        "eval": asdict(eval_cfg),
+        "torch_threads": torch.get_num_threads(),
+        "command": f"mepoly-il rl {method} " + " ".join(sys.argv[3:]),
+    }
+    with atomic_path(ns.out, overwrite=ns.overwrite) as out:
+        out.mkdir(parents=True)
+        write_json_atomic(out / "config.json", config)
+        t0 = time.perf_counter()
+        history = train_sac(actor, critic, envs, sac_cfg, ns.seed, log_dir=out, on_log=_progress_printer(ns))
+        train_s = time.perf_counter() - t0
+        (out / "checkpoints").mkdir()
+        torch.save({"actor": actor.state_dict(), "critic": critic.state_dict()}, out / "checkpoints" / "final.pt")
+        t1 = time.perf_counter()
+        metrics, arrays = _evaluate(EvalView(actor), kind, btask, envs, env_cfg, eval_cfg, ns.seed)
+        metrics.update(
+            {
+                "env": ns.env,
+                "head": head_name,
+                "seed": ns.seed,
+                "method": method,
+                "variant": variant,
+                "env_steps": history[-1]["env_steps"],
+                "train_seconds": train_s,
+                "eval_seconds": time.perf_counter() - t1,
+                "final_train_return": history[-1]["episode_return"],
+                "final_alpha": history[-1]["alpha"],
+            }
+        )
+        np.savez_compressed(out / "samples.npz", **arrays)
+        write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def _progress_printer(ns):
+    """One line per SAC history row unless --quiet."""
+    if ns.quiet:
+        return None
+
+    def show(row: dict) -> None:
+        keys = ("env_steps", "episode_return", "critic_loss", "entropy", "alpha", "time_s")
+        print(" ".join(f"{k}={row[k]:.4g}" for k in keys), flush=True)
+
+    return show
+
+
+def run_rpg(argv: list[str]) -> dict:
+    """Parse `rl rpg` options; the toy bandit runs RPG's own trainer, other envs PPO with the latent head."""
+    import csv
+
+    import numpy as np
+    import torch
+
+    from mepoly_il.eval.rl_eval import eval_toy1d
+    from mepoly_il.rl.rpg import train_rpg_bandit
+    from mepoly_il.utils import atomic_path, check_output_path, write_json_atomic
+
+    ns, kind, task, cfgs = parse_method("rpg", argv)
+    if kind != "toy1d":
+        ppo_cfg, head_cfg, env_cfg, eval_cfg = cfgs
+        return _ppo_run(ns, "rpg", ppo_cfg, head_cfg, env_cfg, eval_cfg, "rpg", "rpg-latent-ppo")
+    rpg_cfg, eval_cfg = cfgs
+    check_output_path(ns.out, ns.overwrite)
+    config = {
+        "env": ns.env,
+        "kind": kind,
+        "task": task,
+        "head": "rpg",
+        "seed": ns.seed,
+        "method": "rpg",
+        "rpg": asdict(rpg_cfg),
+        "eval": asdict(eval_cfg),
+        "torch_threads": torch.get_num_threads(),
+        "command": "mepoly-il rl rpg " + " ".join(sys.argv[3:]),
+    }
+    with atomic_path(ns.out, overwrite=ns.overwrite) as out:
+        out.mkdir(parents=True)
+        write_json_atomic(out / "config.json", config)
+        t0 = time.perf_counter()
+        policy, history = train_rpg_bandit(rpg_cfg, ns.seed)
+        train_s = time.perf_counter() - t0
+        with open(out / "progress.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["env_steps", "step", "episode_return", "time_s"])
+            w.writeheader()
+            for row in history:
+                w.writerow(
+                    {
+                        "env_steps": row["step"] * rpg_cfg.batch_size,
+                        "step": row["step"],
+                        "episode_return": row["reward"],
+                        "time_s": row["time_s"],
+                    }
+                )
+        (out / "checkpoints").mkdir()
+        torch.save(policy.state_dict(), out / "checkpoints" / "final.pt")
+        t1 = time.perf_counter()
+        metrics, arrays = eval_toy1d(policy, eval_cfg.eval_samples, ns.seed)
+        metrics.update(
+            {
+                "env": ns.env,
+                "head": "rpg",
+                "seed": ns.seed,
+                "method": "rpg",
+                "variant": "rpg",
+                "env_steps": rpg_cfg.steps * rpg_cfg.batch_size,
+                "train_seconds": train_s,
+                "eval_seconds": time.perf_counter() - t1,
+                "final_train_return": history[-1]["reward"],
             }
         )
         np.savez_compressed(out / "samples.npz", **arrays)
@@ -321,14 +641,14 @@ def report_parser():
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        print("commands: ppo, sweep, report   (mepoly-il rl COMMAND --help for its options)")
+        print("commands: ppo, sac, s2ac, rpg, sweep, report   (mepoly-il rl COMMAND --help for its options)")
         return 0
     cmd, rest = argv[0], argv[1:]
-    if cmd == "ppo":
+    if cmd in ("ppo", "sac", "s2ac", "rpg"):
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        m = run_ppo(rest)
+        m = run_ppo(rest) if cmd == "ppo" else run_rpg(rest) if cmd == "rpg" else run_sac(cmd, rest)
         keys = [
             k
             for k in (
@@ -340,6 +660,9 @@ def main(argv: list[str]) -> int:
                 "success_rate",
                 "mode_entropy_norm",
                 "num_modes_10pct",
+                "goal_shares",
+                "left_goals_share",
+                "global_peak_share",
             )
             if k in m
         ]
@@ -356,4 +679,4 @@ def main(argv: list[str]) -> int:
         n = write_report(args.roots, args.out, overwrite=args.overwrite)
         print(f"rl report: {n} runs -> {args.out}")
         return 0
-    raise UserError(f"unknown rl command {cmd!r}; choose one of ppo, sweep, report")
+    raise UserError(f"unknown rl command {cmd!r}; choose one of ppo, sac, s2ac, rpg, sweep, report")

@@ -31,11 +31,37 @@ class RLEvalConfig:
     eval_samples: int = 4096
     """bandit: policy samples scored against the target cloud"""
     eval_episodes: int = 200
-    """Smooth World: episodes from the fixed eval start, and as many from uniform starts"""
+    """Smooth World: episodes from the fixed eval start, and as many from uniform starts; multi-goal: test
+    episodes (the per-goal shares need >= 100)"""
 
     def __post_init__(self) -> None:
         check_flag("eval_samples", self.eval_samples, self.eval_samples >= 1, "must be >= 1")
         check_flag("eval_episodes", self.eval_episodes, self.eval_episodes >= 1, "must be >= 1")
+
+
+class SelectedActions:
+    """An actor without a head (the S2AC sampler) seen as the head methods evaluation calls: ``act(obs (B, D)) ->
+    ((B, d), {})`` and ``sample(obs (B, D), n) -> (n, B, d)``, both the actor's evaluation choice
+    (``act_eval``), with no entropy."""
+
+    exact_entropy = False
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def act(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return self.actor.act_eval(obs).detach(), {}
+
+    def sample(self, obs: torch.Tensor, n: int) -> torch.Tensor:
+        b = obs.shape[0]
+        return self.act(obs.repeat(n, 1))[0].reshape(n, b, -1)
+
+
+class EvalView:
+    """What the ``eval_*`` functions read from a trained agent: its ``head``."""
+
+    def __init__(self, actor):
+        self.head = actor.head if hasattr(actor, "head") else SelectedActions(actor)
 
 
 def variant_name(head: str, head_cfg: HeadConfig) -> str:
@@ -110,3 +136,65 @@ def eval_smoothworld(agent, envs, episodes: int, seed: int, max_steps: int) -> t
         "start_actions": a.astype("float32"),
     }
     return m, arrays
+
+
+def eval_multigoal(agent, episodes: int, seed: int, max_steps: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Run ``episodes`` test episodes of the multi-goal point mass from the origin (one env per episode), acting by
+    ``agent.head.act``.
+
+    Metrics: per-goal hit counts and shares (``goal_names``: G1 right, G2 / G3 left; last entry timeouts), the
+    share of the two left goals, success / timeout rates, mean return, and the mode statistics over the goals
+    reached. Arrays: per-episode ``goal`` (-1 timeout), ``return``, ``length`` and ``traj`` (episodes,
+    max_steps + 1, 2), NaN after the episode ends."""
+    from mepoly_il.envs.multigoal import VecMultiGoal
+    from mepoly_il.eval.rl_metrics import mode_stats
+
+    torch.manual_seed(RL_EVAL_SEED_OFFSET + seed)
+    # one env per episode and only its first episode: taking the first N episodes to finish would favour short ones
+    env = VecMultiGoal(episodes, max_steps=max_steps)
+    n_goals = len(env.goals)
+    obs = env.reset()
+    traj = np.full((episodes, max_steps + 1, 2), np.nan, dtype=np.float32)
+    traj[:, 0] = obs
+    goal = np.full(episodes, -2)
+    ret, length = np.zeros(episodes, dtype=np.float32), np.zeros(episodes, dtype=np.int64)
+    running = np.ones(episodes, dtype=bool)
+    for t in range(1, max_steps + 1):
+        with torch.no_grad():
+            a = agent.head.act(torch.as_tensor(obs))[0].numpy()
+        obs, _, _, _, info = env.step(a)
+        traj[running, t] = info["final_obs"][running]
+        done = running & info["episode_done"]
+        goal[done], ret[done], length[done] = info["episode_goal"][done], info["episode_return"][done], t
+        running &= ~done
+        if not running.any():
+            break
+    assert not running.any(), "every episode ends by the time limit"
+    hits = [int((goal == g).sum()) for g in range(n_goals)] + [int((goal < 0).sum())]
+    ms = mode_stats(goal[goal >= 0], n_goals)
+    m = {
+        "goal_names": [f"G{g + 1}" for g in range(n_goals)] + ["timeout"],
+        "goal_hits": hits,
+        "goal_shares": [h / episodes for h in hits],
+        "left_goals_share": sum(hits[1:n_goals]) / episodes,
+        "success_rate": float((goal >= 0).mean()),
+        "timeout_rate": float((goal < 0).mean()),
+        "return_mean": float(ret.mean()),
+        "eval_episodes": int(episodes),
+        "mode_entropy_norm": ms["mode_entropy_norm"],
+        "num_modes_10pct": ms["num_modes_10pct"],
+    }
+    arrays = {"goal": goal, "return": ret, "length": length, "traj": traj}
+    return m, arrays
+
+
+def eval_toy1d(policy, samples: int, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Score ``samples`` actions of an RPG toy-bandit policy (``sample(obs (1, 1), n) -> (n, 1, 1)``): expected
+    reward and the share of samples paid more than the local peak's 0.5 (only the global peak pays more)."""
+    from mepoly_il.rl.rpg import toy_reward
+
+    torch.manual_seed(RL_EVAL_SEED_OFFSET + seed)
+    a = policy.sample(torch.zeros(1, 1), samples)[:, 0, 0]
+    r = toy_reward(a)
+    m = {"reward_mean": float(r.mean()), "global_peak_share": float((r > 0.5).float().mean())}
+    return m, {"actions": a.numpy().astype("float32"), "rewards": r.numpy().astype("float32")}

@@ -3,7 +3,8 @@
 Reads every run directory (one with ``metrics.json`` + ``config.json``) under the given roots and writes:
 
 - ``runs.csv``: one row per run (per seed), every scalar metric;
-- ``bandit.md``, ``ablation.md``, ``smoothworld.md``: mean +- std across seeds per (env, variant), n = #seeds;
+- ``bandit.md``, ``ablation.md``, ``smoothworld.md``, ``multigoal.md``, ``toy1d.md``: mean +- std across seeds per
+  (env, variant), n = #seeds; PPO heads first, then every other variant found (SAC, S2AC, RPG runs);
 - ``bandit_scatter.png`` (Figs 3-4 style), ``ablation_scatter.png``, ``smoothworld_trajectories.png`` (Fig. 2
   style), ``learning_curves_bandit.png``, ``learning_curves_smoothworld.png``.
 """
@@ -44,6 +45,17 @@ SW_COLS = [
     ("uniform_return", "return (unif. starts)"),
     ("start_action_sector_entropy_norm", "start-action dir. H"),
 ]
+MG_COLS = [
+    ("success_rate", "success"),
+    ("left_goals_share", "left goals (G2+G3)"),
+    ("share_G1", "G1"),
+    ("share_G2", "G2"),
+    ("share_G3", "G3"),
+    ("share_timeout", "timeout"),
+    ("mode_entropy_norm", "goal H/logC"),
+    ("return_mean", "return"),
+]
+TOY_COLS = [("reward_mean", "E[r]"), ("global_peak_share", "share on global peak")]
 
 
 def load_runs(roots: list[str]) -> list[dict]:
@@ -62,6 +74,8 @@ def load_runs(roots: list[str]) -> list[dict]:
             m = json.loads(mf.read_text())
             if "uniform_start" in m:
                 m["uniform_return"] = m["uniform_start"]["return_mean"]
+            if "goal_shares" in m:
+                m.update({f"share_{n}": v for n, v in zip(m["goal_names"], m["goal_shares"])})
             runs.append({"dir": mf.parent, "config": json.loads(cfg_path.read_text()), "metrics": m})
     return runs
 
@@ -120,6 +134,32 @@ def bandit_table(groups, envs, variants, title: str) -> str:
     return "\n".join(lines)
 
 
+def _variants(groups, envs, first, exclude=()) -> list[str]:
+    """``first`` (the PPO heads, in table order), then every other variant with runs in ``envs``, sorted."""
+    rest = sorted({v for (e, v) in groups if e in envs and v not in first and v not in exclude})
+    return [*first, *rest]
+
+
+def simple_table(groups, envs, cols, title: str) -> str:
+    """Mean +- std across seeds per (env, variant) for the envs of the other methods (multi-goal, toy1d)."""
+    lines = [f"## {title}", "", "| env | variant | n | " + " | ".join(c for _, c in cols) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(cols))
+    per_seed = ["", "### Per seed", ""]
+    for env in envs:
+        for v in _variants(groups, [env], ()):
+            ms = sorted(groups.get((env, v), []), key=lambda m: m["seed"])
+            lines.append(
+                f"| {env} | {v} | {len(ms)} | " + " | ".join(_fmt([m.get(k) for m in ms]) for k, _ in cols) + " |"
+            )
+            if "goal_hits" in ms[0]:
+                names = ms[0]["goal_names"]
+                hits = "; ".join(
+                    f"s{m['seed']}: " + ", ".join(f"{n}={c}" for n, c in zip(names, m["goal_hits"])) for m in ms
+                )
+                per_seed.append(f"- {env} / {v} (hits of {ms[0]['eval_episodes']} episodes): {hits}")
+    return "\n".join(lines + (per_seed if len(per_seed) > 3 else [])) + "\n"
+
+
 def sw_table(groups, envs) -> str:
     lines = [
         "## Smooth World (episodes from the fixed eval start unless noted)",
@@ -129,7 +169,7 @@ def sw_table(groups, envs) -> str:
     ]
     hist = ["", "### Route-class histograms per seed (eval start, successes only)", ""]
     for env in envs:
-        for v in SW_HEADS:
+        for v in _variants(groups, [env], SW_HEADS):
             ms = sorted(groups.get((env, v), []), key=lambda m: m["seed"])
             if not ms:
                 continue
@@ -213,7 +253,7 @@ def plot_smoothworld(runs, envs, path: Path, seed: int = 0, max_traj: int = 50) 
 
     fig, axes = plt.subplots(len(envs), len(SW_HEADS), figsize=(2.8 * len(SW_HEADS), 2.8 * len(envs)), squeeze=False)
     for i, env in enumerate(envs):
-        lay = make_layout(env.replace("smoothworld-", ""))
+        lay = make_layout(env.replace("smoothworld-", "").replace("-", "_"))
         img = np.ones((GRID, GRID, 3))
         img[lay.wall] = (0.3, 0.3, 0.3)
         img[lay.goal] = (0.6, 0.9, 0.6)
@@ -299,12 +339,13 @@ def write_report(roots: list[str | Path], out: str | Path, overwrite: bool = Fal
     s_envs = [e for e in envs if e.startswith("smoothworld")]
     write_csv(runs, out / "runs.csv")
     if b_envs:
-        (out / "bandit.md").write_text(bandit_table(groups, b_envs, MAIN_VARIANTS, "Bandit: all heads") + "\n")
         abl = [f"mepoly-K{k}-{b}" for b in ("legendre", "monomial") for k in (2, 6, 10, 14)]
+        variants = _variants(groups, b_envs, MAIN_VARIANTS, abl)
+        (out / "bandit.md").write_text(bandit_table(groups, b_envs, variants, "Bandit: all heads") + "\n")
         (out / "ablation.md").write_text(
             bandit_table(groups, b_envs, abl, "Bandit: MePoly order / basis ablation") + "\n"
         )
-        plot_bandit_scatter(runs, b_envs, list(MAIN_VARIANTS), out / "bandit_scatter.png")
+        plot_bandit_scatter(runs, b_envs, variants, out / "bandit_scatter.png")
         plot_bandit_scatter(runs, b_envs, abl, out / "ablation_scatter.png")
         plot_curves(
             runs,
@@ -325,4 +366,10 @@ def write_report(roots: list[str | Path], out: str | Path, overwrite: bool = Fal
             out / "learning_curves_smoothworld.png",
             "success (finished training episodes)",
         )
+    if "multigoal" in envs:
+        (out / "multigoal.md").write_text(
+            simple_table(groups, ["multigoal"], MG_COLS, "Multi-goal point mass: goal shares of the test episodes")
+        )
+    if "toy1d" in envs:
+        (out / "toy1d.md").write_text(simple_table(groups, ["toy1d"], TOY_COLS, "RPG toy bandit (1-D)"))
     return len(runs)

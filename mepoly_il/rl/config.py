@@ -50,13 +50,17 @@ class HeadConfig:
     """FPO (eps, t) pairs per action (the authors used 50 / 2000)"""
     flow_steps: int = 10
     """FPO Euler steps"""
+    latents: int = 5
+    """RPG latent-conditioned policy (head rpg): categorical latent classes"""
+    latent_hidden: int = 64
+    """RPG latent-conditioned policy (head rpg): width of its policy and posterior MLPs"""
 
     def __post_init__(self) -> None:
         check_flag("order", self.order, self.order >= 1, "the polynomial degree must be >= 1")
         for name in ("nodes", "sample_nodes"):
             v = getattr(self, name)
             check_flag(name, v, v is None or v >= 2, "a quadrature grid needs >= 2 nodes per dimension")
-        for name in ("components", "fpo_pairs", "flow_steps"):
+        for name in ("components", "fpo_pairs", "flow_steps", "latents", "latent_hidden"):
             check_flag(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1")
         if self.lambda_clip is not None and self.lambda_clip <= 0:
             self.lambda_clip = None
@@ -74,17 +78,19 @@ class HeadConfig:
             return {"num_components": self.components}
         if head == "fpo":
             return {"num_pairs": self.fpo_pairs, "flow_steps": self.flow_steps}
+        if head == "rpg":
+            return {"num_latents": self.latents, "hidden": self.latent_hidden}
         return {}
 
 
 @dataclass
 class EnvConfig:
-    """Environment settings (the bandit reads sigma, Smooth World max_steps)."""
+    """Environment settings (the bandit reads sigma, Smooth World and multi-goal max_steps)."""
 
     sigma: float = SIGMA_CODE
     """bandit reward width sigma of MePoly paper Eq. 15 (the authors' code: 0.1; the paper's text: 0.05)"""
     max_steps: int = MAX_STEPS
-    """Smooth World time limit in steps (truncation, not termination)"""
+    """Smooth World / multi-goal time limit in steps (truncation, not termination)"""
 
     def __post_init__(self) -> None:
         check_flag("sigma", self.sigma, self.sigma > 0, "the reward width must be > 0")
@@ -139,3 +145,96 @@ def preset(kind: str, task: str, head: str) -> dict[str, object]:
         out.update(LAYOUT_PRESETS.get(task, {}))
     out.update(HEAD_PRESETS.get(head, {}))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ SAC, S2AC, RPG
+#: Heads SAC trains, with the actor-gradient estimator each takes unless --estimator says otherwise (the estimator
+#: table of :mod:`mepoly_il.rl.sac`).
+SAC_HEADS: dict[str, str] = {"gaussian": "rp", "gmm": "mrp", "mepoly": "quadrature"}
+
+
+@dataclass
+class S2ACConfig:
+    """The SVGD actor of :class:`mepoly_il.rl.s2ac.SVGDActor` (its temperature is SAC's fixed ``alpha``)."""
+
+    particles: int = 10
+    """SVGD particles per state"""
+    svgd_steps: int = 5
+    """SVGD steps L per action"""
+    svgd_step_size: float = 0.1
+    """SVGD step size eps"""
+    init_std: float = 0.5
+    """std of the initial particles N(0, init_std^2) (particle version)"""
+    amortised: bool = False
+    """S2AC(phi, theta): learn the initial distribution N(mu(s), std(s)^2) through the SVGD chain"""
+    actor_hidden: int = 64
+    """amortised initial-distribution MLP width"""
+    train_selection: Literal["random", "softmax", "max"] = "random"
+    """which particle acts while training"""
+    eval_selection: Literal["random", "softmax", "max"] = "softmax"
+    """which particle acts at evaluation (softmax over Q: the S2AC authors' test-time choice)"""
+
+    def __post_init__(self) -> None:
+        check_flag("particles", self.particles, self.particles >= 2, "SVGD needs >= 2 interacting particles")
+        check_flag("svgd_steps", self.svgd_steps, self.svgd_steps >= 0, "must be >= 0")
+        for name in ("svgd_step_size", "init_std"):
+            check_flag(name, getattr(self, name), getattr(self, name) > 0, "must be > 0")
+        check_flag("actor_hidden", self.actor_hidden, self.actor_hidden >= 1, "must be >= 1")
+
+
+# Off-policy presets: untuned CPU starting points (budgets small enough for a 2-core machine), not the budgets of
+# a published table. Same precedence as the PPO presets: env kind, then head, then what the user passes.
+SAC_PRESETS: dict[str, dict[str, object]] = {
+    "bandit": {
+        "num_envs": 64,
+        "total_steps": 32_768,
+        "learning_starts": 2_048,
+        "batch_size": 256,
+        "hidden": 64,
+        "log_every": 2_048,
+        "order": 8,
+        "quad_nodes": 16,
+    },
+    "smoothworld": {
+        "num_envs": 16,
+        "total_steps": 61_440,
+        "learning_starts": 2_048,
+        "hidden": 64,
+        "log_every": 2_048,
+        "order": 5,
+        "lambda_clip": 5.0,
+        "sample_nodes": 65,
+        "quad_nodes": 16,
+    },
+    "multigoal": {
+        "num_envs": 10,
+        "total_steps": 30_000,
+        "learning_starts": 1_000,
+        "hidden": 64,
+        "log_every": 1_000,
+        "max_steps": 30,
+        "order": 6,
+        "lambda_clip": 5.0,
+        "quad_nodes": 16,
+    },
+}
+#: SACConfig fields of the head actors that the SVGD actor does not read (not offered as `rl s2ac` flags).
+S2AC_UNUSED = frozenset({"estimator", "lr_samples", "quad_nodes"})
+#: S2AC: the temperature is fixed (the sampler targets exp(Q / alpha)); head fields do not exist for it.
+S2AC_PRESET: dict[str, object] = {"autotune": False, "alpha": 1.0}
+#: RPG's latent-conditioned policy trained by PPO on the project's envs (our variant): no entropy estimate.
+RPG_PPO_PRESET: dict[str, object] = {"ent_coef": 0.0}
+
+
+def sac_preset(kind: str, head: str | None) -> dict[str, object]:
+    """Flat ``field -> value`` preset of one `rl sac` (``head`` given) or `rl s2ac` (``head`` None) run."""
+    out = dict(SAC_PRESETS[kind])
+    if head is None:
+        out = {k: v for k, v in out.items() if k not in _HEAD_FIELDS and k not in S2AC_UNUSED}
+        out.update(S2AC_PRESET)
+    else:
+        out["estimator"] = SAC_HEADS[head]
+    return out
+
+
+_HEAD_FIELDS = frozenset(HeadConfig.__dataclass_fields__)

@@ -42,18 +42,30 @@ def toy_reward(x: Tensor) -> Tensor:
 class RPGBanditConfig:
     """The published toy-bandit recipe (RPG repository, ``tiny_rpg``)."""
 
-    steps: int = 12_000  # gradient steps
-    batch_size: int = 256  # samples per step
-    num_latents: int = 5  # categorical latent classes
-    hidden: int = 64  # width of the policy and posterior MLPs
-    lr: float = 3e-4  # Adam, policy and posterior
-    w_r: float = 0.1  # reward weight
-    w_info: float = 0.8  # weight of log p_phi(z|a) (decays)
-    ent_z: float = 0.2  # entropy weight of pi(z) (decays)
-    ent_a: float = 0.2  # entropy weight of pi(a|z) (decays)
-    decay: float = 0.9995  # per-step factor on w_info, ent_z, ent_a
-    gaussian_lr: float = 1e-3  # Adam for the Gaussian REINFORCE baseline
-    log_every: int = 500  # steps between history rows
+    steps: int = 12_000
+    """gradient steps"""
+    batch_size: int = 256
+    """samples per step"""
+    num_latents: int = 5
+    """categorical latent classes"""
+    hidden: int = 64
+    """width of the policy and posterior MLPs"""
+    lr: float = 3e-4
+    """Adam, policy and posterior"""
+    w_r: float = 0.1
+    """reward weight"""
+    w_info: float = 0.8
+    """weight of log p_phi(z|a) (decays)"""
+    ent_z: float = 0.2
+    """entropy weight of pi(z) (decays)"""
+    ent_a: float = 0.2
+    """entropy weight of pi(a|z) (decays)"""
+    decay: float = 0.9995
+    """per-step factor on w_info, ent_z, ent_a"""
+    gaussian_lr: float = 1e-3
+    """Adam for the Gaussian REINFORCE baseline"""
+    log_every: int = 500
+    """steps between history rows"""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "num_latents", "hidden", "log_every"):

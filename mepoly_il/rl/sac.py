@@ -58,26 +58,46 @@ class SACConfig:
     """SAC settings (defaults: SAC v2 / cleanrl where they exist; the MRP paper uses the same for its SG-RP and
     SGM-MRP runs)."""
 
-    total_steps: int = 20_000  # env steps summed over all envs
-    num_envs: int = 1  # parallel envs; each vectorised step adds num_envs transitions
-    buffer_size: int = 100_000  # replay capacity (transitions)
-    batch_size: int = 256  # transitions per gradient step
-    gamma: float = 0.99  # discount
-    tau: float = 0.005  # Polyak rate of the target critics
-    actor_lr: float = 3e-4  # Adam learning rate of the actor
-    critic_lr: float = 1e-3  # Adam learning rate of the twin critics
-    alpha: float = 0.2  # temperature: fixed value, or the start value when autotune is on
-    autotune: bool = True  # tune alpha so the policy entropy tracks target_entropy
-    alpha_lr: float = 3e-4  # Adam learning rate of log alpha
-    target_entropy: float | None = None  # None: -act_dim (SAC's heuristic)
-    learning_starts: int = 1_000  # env steps of uniform random actions before the first update
-    updates_per_step: int = 1  # gradient steps per vectorised env step
-    policy_frequency: int = 1  # actor (and alpha) step every this many critic steps
-    hidden: int = 256  # critic hidden width (2 layers)
-    estimator: str = "rp"  # actor gradient estimator: rp | mrp | lr | quadrature (module table)
-    lr_samples: int = 8  # samples per state of the lr estimator (the baseline is their mean)
-    quad_nodes: int | None = None  # Gauss-Legendre nodes per action dim (quadrature); None: the family's own
-    log_every: int = 1_000  # env steps between history rows
+    total_steps: int = 20_000
+    """env steps summed over all envs"""
+    num_envs: int = 1
+    """parallel envs; each vectorised step adds num_envs transitions"""
+    buffer_size: int = 100_000
+    """replay capacity (transitions)"""
+    batch_size: int = 256
+    """transitions per gradient step"""
+    gamma: float = 0.99
+    """discount"""
+    tau: float = 0.005
+    """Polyak rate of the target critics"""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor"""
+    critic_lr: float = 1e-3
+    """Adam learning rate of the twin critics"""
+    alpha: float = 0.2
+    """temperature: fixed value, or the start value when autotune is on"""
+    autotune: bool = True
+    """tune alpha so the policy entropy tracks target_entropy"""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log alpha"""
+    target_entropy: float | None = None
+    """None: -act_dim (SAC's heuristic)"""
+    learning_starts: int = 1_000
+    """env steps of uniform random actions before the first update"""
+    updates_per_step: int = 1
+    """gradient steps per vectorised env step"""
+    policy_frequency: int = 1
+    """actor (and alpha) step every this many critic steps"""
+    hidden: int = 256
+    """critic hidden width (2 layers)"""
+    estimator: str = "rp"
+    """actor gradient estimator: rp | mrp | lr | quadrature (module table)"""
+    lr_samples: int = 8
+    """samples per state of the lr estimator (the baseline is their mean)"""
+    quad_nodes: int | None = None
+    """Gauss-Legendre nodes per action dim (quadrature); None: the family's own"""
+    log_every: int = 1_000
+    """env steps between history rows"""
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "num_envs", "buffer_size", "batch_size", "updates_per_step"):
