@@ -15,7 +15,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "data": ("mepoly_il.cli.data", "ManiSkill demos -> zarr datasets: generate, convert, prepare, inspect, export"),
     "fit": ("mepoly_il.cli.fit", "train with LightningCLI: stage1 (VAE), stage2 (polynomial prior), dp (baseline)"),
     "eval": ("mepoly_il.cli.eval", "roll policies out in ManiSkill; summarize peak success across seeds"),
-    "rl": ("mepoly_il.cli.rl", "PPO, SAC (Gaussian/mixture-MRP/MePoly), S2AC, RPG on bandits, Smooth World, multi-goal"),
+    "rl": ("mepoly_il.cli.rl", "PPO, SAC (Gaussian/mixture-MRP/MePoly), S2AC, RPG: bandits, Smooth World, multi-goal"),
     "bench": ("mepoly_il.cli.bench", "performance benchmarks (ratios against a baseline in the same run)"),
     "demo": ("mepoly_il.cli.demo", "the main job behind `make demo`"),
 }
