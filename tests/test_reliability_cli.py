@@ -263,3 +263,19 @@ def _check_one_line(tmp_path, capsys, monkeypatch, setup, expected) -> None:
     assert "Traceback" not in err
     assert all(line.startswith("warning:") for line in others), err  # e.g. the unverified-dataset warning
     assert _snapshot(tmp_path) == before
+
+
+def test_rl_sweep_failing_child_is_one_line_naming_command_and_log(tmp_path, capsys):
+    """A child run that fails is reported in one line (its command and its log file), its output only in the log."""
+    from mepoly_il.cli.rl import main as rl_main
+
+    root = tmp_path / "runs"
+    argv = ["sweep", "--envs", "bandit-lemniscate", "--heads", "mepoly", "--seeds", "0", "--out", str(root)]
+    code = rl_main([*argv, "--", "--no-such-option", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "Traceback" not in out + err and not err.strip(), out + err
+    log = root / "bandit-lemniscate" / "mepoly" / "seed0.log"
+    assert f"log {log}" in failed[0] and "rl ppo --env bandit-lemniscate" in failed[0]
+    assert "unrecognized arguments" in failed[0] and "unrecognized arguments" in log.read_text()
