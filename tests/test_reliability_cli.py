@@ -181,6 +181,11 @@ CASES: list[Case] = [
     ("eval-steps-zero", lambda t, d: ["eval", "run", "x.ckpt", "--max-episode-steps", "0"], "must be >= 1"),
     ("eval-num-envs-zero", lambda t, d: ["eval", "run", "x.ckpt", "--num-envs", "0"], "--num-envs must be >= 1"),
     ("eval-device-bogus", lambda t, d: ["eval", "run", "x.ckpt", "--device", "tpu9"], "not a torch device"),
+    (
+        "eval-default-episodes-seed-block",  # no --episodes: the task's 100 episodes (+ 7250 envs) pass the top block
+        lambda t, d: ["eval", "run", str(_fake_ckpt(t / "r" / "a.ckpt")), "--seed", "429396", "--num-envs", "7250"],
+        "use a seed block <= 429395",
+    ),
     ("eval-corrupt-eval-info", _corrupt_eval_info, "corrupt eval_info.json"),
     ("eval-incomplete-eval-info", _incomplete_eval_info, "delete it to re-evaluate"),
     (
@@ -279,3 +284,17 @@ def test_rl_sweep_failing_child_is_one_line_naming_command_and_log(tmp_path, cap
     log = root / "bandit-lemniscate" / "mepoly" / "seed0.log"
     assert f"log {log}" in failed[0] and "rl ppo --env bandit-lemniscate" in failed[0]
     assert "unrecognized arguments" in failed[0] and "unrecognized arguments" in log.read_text()
+
+
+def test_eval_episodes_default_is_the_tasks(monkeypatch):
+    from mepoly_il.cli.eval import default_episodes
+    from mepoly_il.tasks import TASKS, TaskSpec
+
+    monkeypatch.setitem(
+        TASKS, "Few-v0", TaskSpec("Few-v0", None, max_episode_steps=10, obs_dim=3, act_dim=2, eval_episodes=7)
+    )
+    ckpt = lambda env_id: {"mepoly_il": {"format_version": 1, "dataset": {"env_id": env_id}}}  # noqa: E731
+    assert default_episodes(ckpt("Few-v0")) == 7
+    assert default_episodes(ckpt("PushCube-v1")) == TASKS["PushCube-v1"].eval_episodes
+    assert default_episodes(ckpt("Unregistered-v0")) == 100
+    assert default_episodes({"state_dict": {}}) == 100
