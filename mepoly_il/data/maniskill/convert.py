@@ -332,8 +332,8 @@ def convert(
         raise UserError(f"--obs-mode {obs_mode}: not supported; use one of {', '.join(OBS_MODES)}")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    out = _check_dataset_out(out, overwrite, inputs=(Path(src), Path(src).with_suffix(".json")))
-    source = read_source(src)
+    source = read_source(src)  # structure only: cheap, and a wrong --src is the first thing to report
+    out = _check_dataset_out(out, overwrite, inputs=(source.h5, source.json_path))
     task = find_task(source.env_id)
     if task is None:
         _check_maniskill_env(source)
