@@ -131,6 +131,13 @@ def _demos(tmp: Path, env_id: str = "PushCube-v1", episodes: int = 1, **env_kwar
     return h5
 
 
+def _unrelated_raw(tmp: Path) -> Path:
+    """An output ``x.zarr`` whose raw-demo folder ``x.raw`` exists but holds something else."""
+    (tmp / "x.raw").mkdir()
+    (tmp / "x.raw" / "notes.txt").write_text("mine")
+    return tmp / "x.zarr"
+
+
 def _convert(h5: Path, *more: str) -> list[str]:
     return ["data", "convert", "--src", str(h5), "--out", str(h5.parent.parent / "c.zarr"), *more]
 
@@ -218,6 +225,22 @@ CASES: list[Case] = [
             + [str(t / "run" / "keep.txt"), "--overwrite"]
         ),
         "is an existing file",
+    ),
+    (
+        "generate-over-unrelated-dir",
+        lambda t, d: (
+            ["data", "generate", "--env-id", "PushCube-v1", "--num-demos", "2", "--out", str(t / "run")]
+            + ["--overwrite"]
+        ),
+        "is not a `data generate` output",
+    ),
+    (
+        "prepare-over-unrelated-raw-dir",
+        lambda t, d: (
+            ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "2", "--overwrite", "--out"]
+            + [str(_unrelated_raw(t))]
+        ),
+        "is not a `data generate` output",
     ),
     ("demo-json-bogus-backend", lambda t, d: _convert(_demos(t, sim_backend="warp_cpu")), "is not a ManiSkill backend"),
     ("demo-h5-missing-trajectory", lambda t, d: _convert(_demos(t, episodes=2)), "the h5 has no such episode"),

@@ -160,7 +160,7 @@ def generate(
         raise UserError(f"--workers must be >= 1, got {workers}")
     if not task.demo_source.startswith(MOTION_PLANNER + ":"):
         load_solver(task.demo_source)  # a wrong module or name fails here with one line, before any simulator starts
-    out = check_output(out, overwrite=overwrite, kind="dir")
+    out = check_output(out, overwrite=overwrite, kind="dir", replaceable=(_is_raw_dir, "a `data generate` output"))
     t0 = time.perf_counter()
     timings = Timings()
     max_tries = int(max_tries_factor * num_demos) + 10
@@ -245,6 +245,11 @@ def _request(task: TaskSpec, num_demos: int, seed: int) -> dict[str, Any]:
         "num_demos": int(num_demos),
         "seed": int(seed),
     }
+
+
+def _is_raw_dir(path: Path) -> bool:
+    """Whether ``path`` looks like a ``generate`` output (only those are replaced with --overwrite)."""
+    return (path / MANIFEST).is_file() or any(path.glob("trajectory.*.h5"))
 
 
 def reuse_raw(env_id: str, num_demos: int, out: str | os.PathLike, seed: int = 0) -> GenerateResult | None:
