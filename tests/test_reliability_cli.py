@@ -242,6 +242,11 @@ CASES: list[Case] = [
         ),
         "is not a `data generate` output",
     ),
+    (
+        "prepare-out-contains-its-raw-dir",  # the test runs in tmp: --out . would hold ./.raw
+        lambda t, d: ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "2", "--out", ".", "--overwrite"],
+        "contains the input .raw",
+    ),
     ("demo-json-bogus-backend", lambda t, d: _convert(_demos(t, sim_backend="warp_cpu")), "is not a ManiSkill backend"),
     ("demo-h5-missing-trajectory", lambda t, d: _convert(_demos(t, episodes=2)), "the h5 has no such episode"),
     (

@@ -459,8 +459,8 @@ def prepare(
     the replay depend only on the request. ``overwrite`` regenerates the raw demos too.
     """
     demo_task(env_id)  # before anything is written
-    out = _check_dataset_out(out, overwrite)
     raw = raw_dir_for(out)
+    out = _check_dataset_out(out, overwrite, inputs=(raw,))  # e.g. --out . would contain its own raw folder
     clean_stale_tmp(raw)  # a generate killed mid-way: its partial worker files are discarded
     gen = None if overwrite else reuse_raw(env_id, num_demos, raw, seed=seed)
     if gen is None:
