@@ -55,7 +55,8 @@ def _kill_when(out: Path, ready: Callable[[], bool]) -> None:
 
 
 def _tmp_siblings(root: Path) -> list[Path]:
-    return [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    # Not counted: the empty write-probe file of utils.check_output, which a kill can catch in the instant it exists.
+    return [p for p in root.iterdir() if p.name.startswith(".tmp-") and not p.name.startswith(".tmp-probe-")]
 
 
 @pytest.mark.sim
@@ -73,19 +74,19 @@ def test_prepare_killed_then_rerun_gives_the_uninterrupted_dataset(tmp_path):
 
     # 1. During generation: the first worker file exists inside the temporary raw folder.
     _kill_when(out, lambda: any(p.glob(".work/*.h5") for p in _tmp_siblings(root)))
-    assert not raw.exists() and not out.exists()
+    assert not raw.exists() and not out.exists(), sorted(p.name for p in root.iterdir())
     assert _tmp_siblings(root), "the killed generation left no temporary folder (the kill came too late to test)"
 
     # 2. The same command, killed during conversion: the raw folder is complete, the dataset not yet written.
     _kill_when(out, lambda: (raw / "generate.json").exists())
-    assert raw.is_dir() and not out.exists()
+    assert raw.is_dir() and not out.exists(), sorted(p.name for p in root.iterdir())
     assert not any(p.name.startswith(f".tmp-{raw.name}") for p in _tmp_siblings(root)), "stale generate tmp kept"
 
     # 3. The same command again: reuses the raw demos and finishes.
     r = _run(out)
     assert r.returncode == 0, r.stderr
-    assert "reused 3 demos" in r.stdout and "kept 3" in r.stdout
-    assert _tmp_siblings(root) == []
+    assert "reused 3 demos" in r.stdout and "kept 3" in r.stdout, r.stdout
+    assert _tmp_siblings(root) == [], sorted(p.name for p in root.iterdir())
     a, b = load_arrays(ref), load_arrays(out)
     np.testing.assert_array_equal(a.episode_seed, b.episode_seed)
     np.testing.assert_array_equal(a.episode_ends, b.episode_ends)
