@@ -82,9 +82,9 @@ def check_output(
     if not parent.is_dir():
         raise UserError(f"{option} {path}: {parent} is not a directory; choose an output under a directory")
     try:  # os.access is not enough: root passes it even on read-only mounts
-        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        # an unnamed file (O_TMPFILE on Linux): a kill at this instant leaves nothing behind
+        with tempfile.TemporaryFile(dir=parent):
+            pass
     except OSError as err:
         raise UserError(
             f"{option} {path}: cannot write in {parent} ({err.strerror}); choose a writable location"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -393,6 +394,50 @@ def test_killed_conversion_leaves_nothing_and_rerun_works(demos, tmp_path):
     assert all(not (p / "killed.zarr" / ".zmetadata").exists() for p in leftovers)
     res = convert(gen.h5, out, show_progress=False)
     assert res.num_kept == 3 and read_info(out).num_episodes == 3
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_workers_die_with_a_killed_main_process(demos, tmp_path):
+    """SIGKILL of the main process alone (not its group): its simulator workers must not outlive it."""
+    gen, _, _ = demos
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = tmp_path / "k.zarr"
+    cmd = [sys.executable, "-m", "mepoly_il", "data", "convert", "--src", str(gen.h5), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2", "--quiet"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    pids: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(pids) < 2:
+        with contextlib.suppress(OSError):
+            pids = [int(p) for p in children.read_text().split()]
+        time.sleep(0.05)
+    assert proc.poll() is None and pids, "conversion finished before it could be killed"
+    time.sleep(1.0)  # the workers are importing / building their simulators
+    with contextlib.suppress(OSError):
+        pids = [int(p) for p in children.read_text().split()]  # all of them, the resource tracker included
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if Path(f"/proc/{p}").exists() and "(Z)" not in _proc_state(p)]
+        time.sleep(0.1)
+    try:
+        assert not alive, f"workers {alive} outlived their killed parent"
+    finally:
+        for p in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return "(" + Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] + ")"
+    except (OSError, IndexError):
+        return "(Z)"
 
 
 def test_prepare_keeps_raw_next_to_output(tmp_path):

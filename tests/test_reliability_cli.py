@@ -113,6 +113,35 @@ def _incomplete_eval_info(tmp: Path, ds: Path) -> list[str]:
     return ["eval", "run", str(ckpt), "--episodes", "2"]
 
 
+def _demos(tmp: Path, env_id: str = "PushCube-v1", episodes: int = 1, **env_kwargs) -> Path:
+    """A small ManiSkill-format demo pair (h5 + json) in ``tmp/raw``: ``episodes`` listed, one stored."""
+    import h5py
+    import numpy as np
+
+    raw = tmp / "raw"
+    raw.mkdir(exist_ok=True)
+    h5 = raw / "trajectory.none.pd_joint_pos.physx_cpu.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("traj_0/actions", data=np.zeros((4, 8), np.float32))
+        f.create_dataset("traj_0/env_states/actors/cube", data=np.zeros((5, 13), np.float32))
+    kwargs = {"control_mode": "pd_joint_pos", "obs_mode": "none", "sim_backend": "physx_cpu", **env_kwargs}
+    eps = [{"episode_id": i, "episode_seed": i, "elapsed_steps": 4, "success": True} for i in range(episodes)]
+    meta = {"env_info": {"env_id": env_id, "env_kwargs": kwargs, "max_episode_steps": 50}, "episodes": eps}
+    h5.with_suffix(".json").write_text(json.dumps(meta))
+    return h5
+
+
+def _unrelated_raw(tmp: Path) -> Path:
+    """An output ``x.zarr`` whose raw-demo folder ``x.raw`` exists but holds something else."""
+    (tmp / "x.raw").mkdir()
+    (tmp / "x.raw" / "notes.txt").write_text("mine")
+    return tmp / "x.zarr"
+
+
+def _convert(h5: Path, *more: str) -> list[str]:
+    return ["data", "convert", "--src", str(h5), "--out", str(h5.parent.parent / "c.zarr"), *more]
+
+
 def _not_a_dir_parent(tmp: Path, ds: Path) -> Path:
     (tmp / "afile").write_text("x")
     return tmp / "afile" / "out"
@@ -159,8 +188,81 @@ CASES: list[Case] = [
     ("eval-steps-zero", lambda t, d: ["eval", "run", "x.ckpt", "--max-episode-steps", "0"], "must be >= 1"),
     ("eval-num-envs-zero", lambda t, d: ["eval", "run", "x.ckpt", "--num-envs", "0"], "--num-envs must be >= 1"),
     ("eval-device-bogus", lambda t, d: ["eval", "run", "x.ckpt", "--device", "tpu9"], "not a torch device"),
+    (
+        "eval-default-episodes-seed-block",  # no --episodes: the task's 100 episodes (+ 7250 envs) pass the top block
+        lambda t, d: ["eval", "run", str(_fake_ckpt(t / "r" / "a.ckpt")), "--seed", "429396", "--num-envs", "7250"],
+        "use a seed block <= 429395",
+    ),
     ("eval-corrupt-eval-info", _corrupt_eval_info, "corrupt eval_info.json"),
     ("eval-incomplete-eval-info", _incomplete_eval_info, "delete it to re-evaluate"),
+    (
+        "convert-onto-source",
+        lambda t, d: ["data", "convert", "--src", str(h5 := _demos(t)), "--out", str(h5)],
+        "is the",
+    ),
+    (
+        "convert-over-raw-dir",
+        lambda t, d: ["data", "convert", "--src", str(h5 := _demos(t)), "--out", str(h5.parent), "--overwrite"],
+        "contains the input",
+    ),
+    (
+        "convert-over-unrelated-dir",
+        lambda t, d: ["data", "convert", "--src", str(_demos(t)), "--out", str(t / "run"), "--overwrite"],
+        "is not a zarr dataset",
+    ),
+    (
+        "prepare-over-unrelated-dir",
+        lambda t, d: (
+            ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "2", "--out", str(t / "run")]
+            + ["--overwrite"]
+        ),
+        "is not a zarr dataset",
+    ),
+    (
+        "generate-over-file",
+        lambda t, d: (
+            ["data", "generate", "--env-id", "PushCube-v1", "--num-demos", "2", "--out"]
+            + [str(t / "run" / "keep.txt"), "--overwrite"]
+        ),
+        "is an existing file",
+    ),
+    (
+        "generate-over-unrelated-dir",
+        lambda t, d: (
+            ["data", "generate", "--env-id", "PushCube-v1", "--num-demos", "2", "--out", str(t / "run")]
+            + ["--overwrite"]
+        ),
+        "is not a `data generate` output",
+    ),
+    (
+        "prepare-over-unrelated-raw-dir",
+        lambda t, d: (
+            ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "2", "--overwrite", "--out"]
+            + [str(_unrelated_raw(t))]
+        ),
+        "is not a `data generate` output",
+    ),
+    (
+        "prepare-out-contains-its-raw-dir",  # the test runs in tmp: --out . would hold ./.raw
+        lambda t, d: ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "2", "--out", ".", "--overwrite"],
+        "contains the input .raw",
+    ),
+    ("demo-json-bogus-backend", lambda t, d: _convert(_demos(t, sim_backend="warp_cpu")), "is not a ManiSkill backend"),
+    ("demo-h5-missing-trajectory", lambda t, d: _convert(_demos(t, episodes=2)), "the h5 has no such episode"),
+    (
+        "demo-json-other-control-mode",
+        lambda t, d: _convert(_demos(t, control_mode="pd_ee_delta_pos"), "--control-mode", "pd_joint_pos"),
+        "demos are in control mode pd_ee_delta_pos",
+    ),
+]
+# Cases that import ManiSkill or build one of its environments (no stepping).
+SIM_CASES: list[Case] = [
+    ("demo-json-unknown-env", lambda t, d: _convert(_demos(t, env_id="Nope-v9")), "'Nope-v9' is not a ManiSkill env"),
+    (
+        "demo-json-bogus-control-mode",
+        lambda t, d: _convert(_demos(t, control_mode="pd_warp"), "--control-mode", "pd_warp"),
+        "control mode pd_warp is not one of PushCube-v1's robot",
+    ),
 ]
 if not torch.cuda.is_available():
     CASES.append(("eval-cuda-without-gpu", lambda t, d: ["eval", "run", "x.ckpt", "--device", "cuda"], "no CUDA GPU"))
@@ -168,6 +270,16 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize("setup,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_gives_one_line_and_changes_nothing(tmp_path, capsys, monkeypatch, setup, expected):
+    _check_one_line(tmp_path, capsys, monkeypatch, setup, expected)
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("setup,expected", [c[1:] for c in SIM_CASES], ids=[c[0] for c in SIM_CASES])
+def test_bad_demo_file_gives_one_line_and_changes_nothing(tmp_path, capsys, monkeypatch, setup, expected):
+    _check_one_line(tmp_path, capsys, monkeypatch, setup, expected)
+
+
+def _check_one_line(tmp_path, capsys, monkeypatch, setup, expected) -> None:
     monkeypatch.chdir(tmp_path)  # relative outputs (if any slipped through) would land here and be seen
     ds = make_synthetic_dataset(tmp_path / "d.zarr", num_episodes=6, length=(10, 14))
     (tmp_path / "run").mkdir()
@@ -184,3 +296,33 @@ def test_bad_input_gives_one_line_and_changes_nothing(tmp_path, capsys, monkeypa
     assert "Traceback" not in err
     assert all(line.startswith("warning:") for line in others), err  # e.g. the unverified-dataset warning
     assert _snapshot(tmp_path) == before
+
+
+def test_rl_sweep_failing_child_is_one_line_naming_command_and_log(tmp_path, capsys):
+    """A child run that fails is reported in one line (its command and its log file), its output only in the log."""
+    from mepoly_il.cli.rl import main as rl_main
+
+    root = tmp_path / "runs"
+    argv = ["sweep", "--envs", "bandit-lemniscate", "--heads", "mepoly", "--seeds", "0", "--out", str(root)]
+    code = rl_main([*argv, "--", "--no-such-option", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and "Traceback" not in out + err and not err.strip(), out + err
+    log = root / "bandit-lemniscate" / "mepoly" / "seed0.log"
+    assert f"log {log}" in failed[0] and "rl ppo --env bandit-lemniscate" in failed[0]
+    assert "unrecognized arguments" in failed[0] and "unrecognized arguments" in log.read_text()
+
+
+def test_eval_episodes_default_is_the_tasks(monkeypatch):
+    from mepoly_il.cli.eval import default_episodes
+    from mepoly_il.tasks import TASKS, TaskSpec
+
+    monkeypatch.setitem(
+        TASKS, "Few-v0", TaskSpec("Few-v0", None, max_episode_steps=10, obs_dim=3, act_dim=2, eval_episodes=7)
+    )
+    ckpt = lambda env_id: {"mepoly_il": {"format_version": 1, "dataset": {"env_id": env_id}}}  # noqa: E731
+    assert default_episodes(ckpt("Few-v0")) == 7
+    assert default_episodes(ckpt("PushCube-v1")) == TASKS["PushCube-v1"].eval_episodes
+    assert default_episodes(ckpt("Unregistered-v0")) == 100
+    assert default_episodes({"state_dict": {}}) == 100

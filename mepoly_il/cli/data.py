@@ -138,7 +138,10 @@ def main(argv: list[str]) -> int:
             overwrite=args.overwrite,
             show_progress=not args.quiet,
         )
-        print(f"generated {len(gen.seeds)} demos in {gen.seconds:.1f} s (raw: {gen.h5})")
+        if gen.reused:
+            print(f"reused {len(gen.seeds)} demos of an earlier run (raw: {gen.h5})")
+        else:
+            print(f"generated {len(gen.seeds)} demos in {gen.seconds:.1f} s (raw: {gen.h5})")
         _report_convert(conv)
         return 0
     if args.command == "inspect":

@@ -28,7 +28,12 @@ def _run_parser() -> argparse.ArgumentParser:
         prog="mepoly-il eval run", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("path", metavar="CKPT_OR_DIR", help="a .ckpt from `mepoly-il fit`, or a run directory")
-    p.add_argument("--episodes", type=int, default=100, help="episodes per checkpoint (protocol: 100)")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="episodes per checkpoint (default: the task's eval_episodes in mepoly_il/tasks.py; 100 if unregistered)",
+    )
     p.add_argument("--seed", type=int, default=0, help="evaluation seed block (default 0; same for all methods)")
     p.add_argument("--video", type=int, default=0, metavar="K", help="record mp4 videos of the first K episodes")
     p.add_argument("--out", default=None, help="write <out>/<ckpt stem>/eval_info.json instead of next to the ckpt")
@@ -110,30 +115,46 @@ def _check_run_args(args: argparse.Namespace) -> None:
         )
     if args.reconfiguration_freq < 0:
         raise UserError(f"--reconfiguration-freq must be >= 0 (0 = never rebuild), got {args.reconfiguration_freq}")
-    eval_seeds(args.seed, args.episodes, args.num_envs)  # --episodes and --seed range
+    # --episodes and --seed range (without --episodes, checked per checkpoint once its task is known)
+    eval_seeds(args.seed, args.episodes if args.episodes is not None else 1, args.num_envs)
     check_device(args.device)
+
+
+def default_episodes(ckpt: dict) -> int:
+    """Episodes per checkpoint when --episodes is not given: the ``eval_episodes`` of the checkpoint's task
+    (:func:`mepoly_il.tasks.find_task` of its dataset's env id); the registry default for an unregistered task."""
+    from mepoly_il.tasks import TaskSpec, find_task
+
+    meta = ckpt.get("mepoly_il") if isinstance(ckpt, dict) else None
+    dataset = meta.get("dataset") if isinstance(meta, dict) else None
+    env_id = dataset.get("env_id") if isinstance(dataset, dict) else None
+    task = find_task(env_id) if isinstance(env_id, str) else None
+    return task.eval_episodes if task is not None else TaskSpec.__dataclass_fields__["eval_episodes"].default
 
 
 def run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
-    from mepoly_il.eval.rollout import eval_info_dir, evaluate_checkpoint, list_checkpoints
+    from mepoly_il.eval.rollout import eval_info_dir, eval_seeds, evaluate_checkpoint, list_checkpoints
     from mepoly_il.utils import progress
 
     _check_run_args(args)
     ckpts = list_checkpoints(args.path)
     root = Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent
     names = _unique_names([p for p, _ in ckpts], root)
+    episodes = [args.episodes if args.episodes is not None else default_episodes(ckpt) for _, ckpt in ckpts]
+    for n in sorted(set(episodes)):
+        eval_seeds(args.seed, n, args.num_envs)
     results = []
     with progress(transient=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("eval", total=len(ckpts) * args.episodes)
-        for (path, ckpt), name in zip(ckpts, names):
-            done = len(results) * args.episodes
+        task = bar.add_task("eval", total=sum(episodes))
+        for (path, ckpt), name, n_eps in zip(ckpts, names, episodes):
+            done = sum(episodes[: len(results)])
             bar.update(task, description=f"eval {name}", completed=done)
             info, ran = evaluate_checkpoint(
                 path,
                 ckpt,
                 eval_info_dir(path, args.out, name if args.out else None),
-                episodes=args.episodes,
+                episodes=n_eps,
                 seed=args.seed,
                 num_envs=args.num_envs,
                 video=args.video,
@@ -145,7 +166,7 @@ def run(argv: list[str]) -> int:
                 on_batch=lambda n, done=done: bar.update(task, completed=done + n),
             )
             results.append((path, info, ran))
-        bar.update(task, completed=len(ckpts) * args.episodes)
+        bar.update(task, completed=sum(episodes))
     print("| checkpoint | step | success_once | success_at_end | episodes | sec | |")
     print("|---|---|---|---|---|---|---|")
     for path, info, ran in results:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -613,12 +614,23 @@ def _sweep(argv: list[str]) -> int:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
     def run(cmd):
+        # The child's output goes to a log beside its run folder; a failure is one line naming the command and the
+        # log (and the child's own one-line error, if it printed one), never the child's traceback.
         t = time.time()
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        out = Path(cmd[cmd.index("--out") + 1])
+        log = out.parent / f"{out.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            code = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True).returncode
         tag = " ".join(cmd[cmd.index("--env") : cmd.index("--out")])
-        status = "ok" if r.returncode == 0 else f"FAILED rc={r.returncode}: {r.stderr.strip()[-500:]}"
+        if code == 0:
+            status = "ok"
+        else:
+            said = [line for line in log.read_text(errors="replace").splitlines() if "error:" in line]
+            why = f" ({said[-1].strip()})" if said else ""
+            status = f"FAILED rc={code}{why}: `{shlex.join(cmd)}`, log {log}"
         print(f"[{time.strftime('%H:%M:%S')}] {tag} {time.time() - t:.0f}s {status}", flush=True)
-        return r.returncode
+        return code
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
         codes = list(ex.map(run, jobs))

@@ -19,16 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from mepoly_il.data.maniskill.generate import GenerateResult, demo_task, generate
+from mepoly_il.data.maniskill.generate import GenerateResult, demo_task, generate, reuse_raw
 from mepoly_il.data.maniskill.pool import WorkerPool
 from mepoly_il.data.maniskill.sim import REPLAY_MAX_STEPS, SIM_BACKEND, quiet_worker_setup, to_np
 from mepoly_il.data.maniskill.source import SourceDemos, read_source, read_stored_obs, read_tasks
 from mepoly_il.data.maniskill.timing import Timings
-from mepoly_il.data.zarr_io import Episode, write_dataset
+from mepoly_il.data.zarr_io import Episode, _is_zarr_group, write_dataset
 from mepoly_il.envs.maniskill import import_maniskill
 from mepoly_il.errors import UserError
 from mepoly_il.tasks import DEFAULT_CONTROL_MODE, find_task
-from mepoly_il.utils import check_output_path, progress, sha256_file
+from mepoly_il.utils import check_output, clean_stale_tmp, progress, sha256_file
 
 #: Control modes we can convert ``pd_joint_pos`` demos to (others: replay in the same mode only).
 EE_MODES = ("pd_ee_delta_pos", "pd_ee_delta_pose")
@@ -36,21 +36,37 @@ JOINT_MODES = ("pd_joint_delta_pos", "pd_joint_target_delta_pos", "pd_joint_vel"
 OBS_MODES = ("state",)
 
 
+def _make_in_mode(gym, env_id: str, control_mode: str, source: str, **kwargs):
+    """``gym.make`` in ``control_mode``; a mode the robot does not have (ManiSkill asserts it) is one UserError line
+    naming the demo file whose json asked for it."""
+    try:
+        return gym.make(env_id, control_mode=control_mode, **kwargs)
+    except AssertionError as err:
+        if control_mode not in str(err):
+            raise
+        raise UserError(
+            f"{source or env_id}: control mode {control_mode} is not one of {env_id}'s robot ({err}); use the .json "
+            "written with this .h5 or pass a supported --control-mode"
+        ) from None
+
+
 class ConvertWorker:
     """Replays episodes from their first env state, converting actions and recording flat observations."""
 
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any], src_mode: str, target_mode: str, obs_mode: str) -> None:
+    def __init__(
+        self, env_id: str, env_kwargs: dict[str, Any], src_mode: str, target_mode: str, obs_mode: str, source: str = ""
+    ) -> None:
         quiet_worker_setup()
         gym = import_maniskill()
         self.timings = Timings()
         kwargs = {k: v for k, v in env_kwargs.items() if k not in _ENV_KWARGS_OVERRIDDEN}
         common = dict(sim_backend=SIM_BACKEND, reward_mode="sparse", max_episode_steps=REPLAY_MAX_STEPS, **kwargs)
-        self.env = gym.make(env_id, obs_mode=obs_mode, control_mode=target_mode, **common)
+        self.env = _make_in_mode(gym, env_id, target_mode, source, obs_mode=obs_mode, **common)
         self.src_mode, self.target_mode = src_mode, target_mode
         self.ori_env = None
         if src_mode != target_mode and target_mode not in EE_MODES:
             # ManiSkill's joint-space conversions step a second env in the source mode.
-            self.ori_env = gym.make(env_id, obs_mode="none", control_mode=src_mode, **common)
+            self.ori_env = _make_in_mode(gym, env_id, src_mode, source, obs_mode="none", **common)
         self.control_freq = int(self.env.unwrapped.control_freq)
         self._pin = None
         # Every reconfigure ends in a full gc.collect() inside ManiSkill (to free GPU memory); traversing the whole
@@ -316,10 +332,11 @@ def convert(
         raise UserError(f"--obs-mode {obs_mode}: not supported; use one of {', '.join(OBS_MODES)}")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    out = Path(out)
-    check_output_path(out, overwrite)
-    source = read_source(src)
+    source = read_source(src)  # structure only: cheap, and a wrong --src is the first thing to report
+    out = _check_dataset_out(out, overwrite, inputs=(source.h5, source.json_path))
     task = find_task(source.env_id)
+    if task is None:
+        _check_maniskill_env(source)
     if control_mode is None:
         control_mode = default_control_mode(source.env_id)
     supported = (source.control_mode,) + ((*EE_MODES, *JOINT_MODES) if source.control_mode == "pd_joint_pos" else ())
@@ -346,6 +363,7 @@ def convert(
             "src_mode": source.control_mode,
             "target_mode": control_mode,
             "obs_mode": obs_mode,
+            "source": str(source.json_path),
         }
         by_index = _replay_all(source, tasks, worker_kwargs, workers, timings, show_progress)
         episodes = []
@@ -397,6 +415,23 @@ def convert(
     )
 
 
+def _check_dataset_out(out: str | os.PathLike, overwrite: bool, inputs=()) -> Path:
+    """``--out`` of a zarr dataset, checked before any work: not an input, nor containing or inside one; an
+    existing output only with ``overwrite`` and only if it is a zarr dataset."""
+    return check_output(out, inputs, overwrite=overwrite, kind="dir", replaceable=(_is_zarr_group, "a zarr dataset"))
+
+
+def _check_maniskill_env(source: SourceDemos) -> None:
+    """An env id that is not a registered task must at least be a ManiSkill environment (checked here, not as a
+    traceback inside a simulator worker)."""
+    gym = import_maniskill()
+    if source.env_id not in gym.registry:
+        raise UserError(
+            f"{source.json_path}: env_info.env_id {source.env_id!r} is not a ManiSkill environment; use the .json "
+            "written with this .h5 or fix env_id there"
+        )
+
+
 def raw_dir_for(out: str | os.PathLike) -> Path:
     """Where ``prepare`` keeps the raw demos: ``NAME.zarr`` -> ``NAME.raw/`` next to it."""
     out = Path(out)
@@ -417,13 +452,27 @@ def prepare(
 ) -> tuple[GenerateResult, ConvertResult]:
     """generate + convert; the raw ManiSkill files stay in ``NAME.raw/`` next to ``NAME.zarr``.
 
-    ``control_mode=None`` takes the task's registered control mode.
+    ``control_mode=None`` takes the task's registered control mode. Resumable: a complete raw folder of the same
+    request (see :func:`~mepoly_il.data.maniskill.generate.reuse_raw`) is reused instead of generated again, so a
+    run killed during conversion continues from its demos; a run killed during generation starts generation again
+    (the partial ``.tmp-*`` folder is removed). Both give the dataset of an uninterrupted run: the kept seeds and
+    the replay depend only on the request. ``overwrite`` regenerates the raw demos too.
     """
     demo_task(env_id)  # before anything is written
-    out = Path(out)
-    check_output_path(out, overwrite)
     raw = raw_dir_for(out)
-    gen = generate(env_id, num_demos, raw, seed=seed, workers=workers, overwrite=overwrite, show_progress=show_progress)
+    out = _check_dataset_out(out, overwrite, inputs=(raw,))  # e.g. --out . would contain its own raw folder
+    clean_stale_tmp(raw)  # a generate killed mid-way: its partial worker files are discarded
+    gen = None if overwrite else reuse_raw(env_id, num_demos, raw, seed=seed)
+    if gen is None:
+        if (raw.exists() or raw.is_symlink()) and not overwrite:
+            raise UserError(
+                f"--out {out}: its raw-demo folder {raw} exists but is not a complete `generate` output of this "
+                f"request ({env_id}, --num-demos {num_demos}, --seed {seed}); pass --overwrite to regenerate it or "
+                "move it away"
+            )
+        gen = generate(
+            env_id, num_demos, raw, seed=seed, workers=workers, overwrite=overwrite, show_progress=show_progress
+        )
     conv = convert(
         gen.h5,
         out,

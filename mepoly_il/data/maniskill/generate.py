@@ -27,7 +27,7 @@ from mepoly_il.data.maniskill.timing import Timings
 from mepoly_il.envs.maniskill import import_maniskill
 from mepoly_il.errors import UserError
 from mepoly_il.tasks import MOTION_PLANNER, TaskSpec, find_task, get_task, task_ids
-from mepoly_il.utils import atomic_path, check_output_path, progress
+from mepoly_il.utils import atomic_path, check_output, progress, sha256_file
 
 
 def demo_task(env_id: str) -> TaskSpec:
@@ -128,6 +128,8 @@ class GenerateResult:
     failed_seeds: list[int]
     seconds: float
     lengths: list[int] = field(default_factory=list)
+    #: True when :func:`reuse_raw` found these demos complete from an earlier run (nothing was generated)
+    reused: bool = False
     #: wall seconds of the phases seen from the main process, and summed worker seconds per step kind
     #: (see :mod:`mepoly_il.data.maniskill.timing`)
     timings: dict[str, float] = field(default_factory=dict)
@@ -161,7 +163,7 @@ def generate(
         raise UserError(f"--workers must be >= 1, got {workers}")
     if not task.demo_source.startswith(MOTION_PLANNER + ":"):
         load_solver(task.demo_source)  # a wrong module or name fails here with one line, before any simulator starts
-    out = check_output_path(out, overwrite)
+    out = check_output(out, overwrite=overwrite, kind="dir", replaceable=(_is_raw_dir, "a `data generate` output"))
     t0 = time.perf_counter()
     timings = Timings()
     max_tries = int(max_tries_factor * num_demos) + 10
@@ -208,6 +210,18 @@ def generate(
         with timings.phase("merge"):
             lengths = _merge_worker_files(work, ok, h5_path, json_path)
             shutil.rmtree(work)
+        # Written last inside the temporary folder: a raw folder at ``out`` is always complete, and the manifest
+        # says for which request, so that ``prepare`` can reuse it after a kill during conversion.
+        manifest = {
+            **_request(task, num_demos, seed),
+            "seeds": ok,
+            "failed_seeds": failed,
+            "lengths": lengths,
+            "h5": h5_path.name,
+            "h5_sha256": sha256_file(h5_path),
+            "json_sha256": sha256_file(json_path),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     h5_final, json_final = raw_paths(out, task.demo_control_mode)
     return GenerateResult(
         h5=h5_final,
@@ -217,6 +231,58 @@ def generate(
         seconds=time.perf_counter() - t0,
         lengths=lengths,
         timings=timings.seconds,
+    )
+
+
+#: The completion marker of a ``generate`` output folder: the request and the kept seeds, written after the demos.
+MANIFEST = "generate.json"
+
+
+def _request(task: TaskSpec, num_demos: int, seed: int) -> dict[str, Any]:
+    """What decides the demos a ``generate`` run keeps (the number of workers does not)."""
+    return {
+        "env_id": task.env_id,
+        "demo_source": task.demo_source,
+        "control_mode": task.demo_control_mode,
+        "sim_backend": SIM_BACKEND,
+        "num_demos": int(num_demos),
+        "seed": int(seed),
+    }
+
+
+def _is_raw_dir(path: Path) -> bool:
+    """Whether ``path`` looks like a ``generate`` output (only those are replaced with --overwrite)."""
+    return (path / MANIFEST).is_file() or any(path.glob("trajectory.*.h5"))
+
+
+def reuse_raw(env_id: str, num_demos: int, out: str | os.PathLike, seed: int = 0) -> GenerateResult | None:
+    """The demos in ``out/`` if an earlier :func:`generate` with the same request completed there, else None.
+
+    Reusable means: the manifest (:data:`MANIFEST`) exists, names the same task, demo source, control mode, backend,
+    number of demos and first seed, and the h5 + json still have the checksums it recorded.
+    """
+    task = demo_task(env_id)
+    out = Path(out)
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in _request(task, num_demos, seed).items()):
+        return None
+    h5, js = raw_paths(out, task.demo_control_mode)
+    try:
+        if sha256_file(h5) != manifest["h5_sha256"] or sha256_file(js) != manifest["json_sha256"]:
+            return None
+    except (OSError, KeyError):
+        return None
+    return GenerateResult(
+        h5=h5,
+        json=js,
+        seeds=list(manifest["seeds"]),
+        failed_seeds=list(manifest["failed_seeds"]),
+        seconds=0.0,
+        lengths=list(manifest["lengths"]),
+        reused=True,
     )
 
 

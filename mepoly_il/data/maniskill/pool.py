@@ -12,8 +12,12 @@ its workers when the block ends, or terminates them when it raises.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing as mp
+import os
 import queue
+import signal
+import sys
 import time
 import traceback
 from collections import deque
@@ -32,7 +36,23 @@ def _run_timed(worker, task: Any) -> tuple[Any, dict[str, float]]:
     return result, times
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when its parent dies, so that a ``kill -9`` of the main process does
+    not leave simulators waiting forever on the task queue."""
+    parent = mp.parent_process()
+    if not sys.platform.startswith("linux") or parent is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != parent.pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _worker_main(worker_cls: type, kwargs: dict, tasks, results) -> None:
+    _die_with_parent()
     try:
         worker = worker_cls(**kwargs)
     except UserError as err:

@@ -15,6 +15,9 @@ from mepoly_il.data.maniskill.sim import SIM_BACKEND
 from mepoly_il.data.zarr_io import Episode
 from mepoly_il.errors import UserError
 
+#: Simulation backends ManiSkill accepts (and ``cuda:N``); demos from any of them are replayed on physx_cpu.
+_SIM_BACKENDS = ("physx_cpu", "physx_cuda", "cpu", "gpu", "auto")
+
 
 @dataclass
 class SourceDemos:
@@ -70,6 +73,13 @@ def read_source(src: str | os.PathLike) -> SourceDemos:
     control_mode = kwargs.get("control_mode") or "pd_joint_pos"
     obs_mode = kwargs.get("obs_mode") or "none"
     sim_backend = kwargs.get("sim_backend") or SIM_BACKEND
+    if not isinstance(sim_backend, str) or not (sim_backend in _SIM_BACKENDS or sim_backend.startswith("cuda")):
+        raise UserError(
+            f"{json_path}: env_kwargs.sim_backend {sim_backend!r} is not a ManiSkill backend "
+            f"({', '.join(_SIM_BACKENDS)}); use the .json written with this .h5 or {_fix_regen(src)}"
+        )
+    if not isinstance(control_mode, str):
+        raise UserError(f"{json_path}: env_kwargs.control_mode {control_mode!r} is not a string; {_fix_regen(src)}")
     try:
         h5 = h5py.File(src, "r")
     except OSError as err:
