@@ -77,6 +77,14 @@ class WindowDataset(Dataset):
         return self.get_batch(np.asarray(index, dtype=np.int64))
 
 
+def run_seed() -> int:
+    """The run's global seed as ``seed_everything`` (LightningCLI's ``seed_everything``) recorded it; 0 if unset."""
+    import os
+
+    value = os.environ.get("PL_GLOBAL_SEED")
+    return int(value) if value not in (None, "") else 0
+
+
 def resolve_horizons(
     path: str, env_id: str | None, obs_horizon: int | None, act_horizon: int | None, pred_horizon: int | None
 ) -> dict[str, int]:
@@ -110,7 +118,9 @@ class DemoDataModule(L.LightningDataModule):
         batch_size: windows per batch.
         val_ratio: fraction of whole episodes held out for validation; 0 gives no validation loader.
         num_workers: DataLoader workers (0 is usually fastest: a batch is one numpy gather).
-        seed: seed of the train/val episode split and of the shuffling.
+        seed: seed of the train/val episode split and of the shuffling; None (default) = the run's seed
+            (``seed_everything``, read from ``PL_GLOBAL_SEED`` at setup; 0 if none was set), so runs with
+            different seeds also differ in split and order. An explicit value wins.
         max_episodes: use only the first N episodes (ManiSkill's ``--num-demos`` convention); None = all.
         norm_margin: relative margin of the min-max normalizer (see ``normalize.minmax_bounds``).
     """
@@ -124,7 +134,7 @@ class DemoDataModule(L.LightningDataModule):
         batch_size: int = 256,
         val_ratio: float = 0.1,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         max_episodes: int | None = None,
         norm_margin: float = DEFAULT_MARGIN,
     ) -> None:
@@ -138,7 +148,8 @@ class DemoDataModule(L.LightningDataModule):
             raise UserError(f"data.norm_margin must be in [0, 1), got {norm_margin}")
         self.path = str(path)
         self.batch_size, self.val_ratio, self.num_workers = int(batch_size), float(val_ratio), int(num_workers)
-        self.seed, self.max_episodes, self.norm_margin = int(seed), max_episodes, float(norm_margin)
+        self.seed: int | None = None if seed is None else int(seed)  # resolved at setup (see run_seed)
+        self.max_episodes, self.norm_margin = max_episodes, float(norm_margin)
         split_episodes(2, self.val_ratio, 0)  # validates val_ratio early with the same message
 
         info = read_info(self.path)
@@ -170,6 +181,9 @@ class DemoDataModule(L.LightningDataModule):
         n_frames = int(ends[-1])
         state = normalize_array(arrays.state[:n_frames], *self.obs_bounds)
         action = normalize_array(arrays.action[:n_frames], *self.act_bounds)
+        if self.seed is None:
+            self.seed = run_seed()
+            self.hparams.update(seed=self.seed)  # checkpoints record the seed used, not None
         self.train_episodes, self.val_episodes = split_episodes(self.num_episodes, self.val_ratio, self.seed)
         make = lambda eps: WindowDataset(state, action, ends, eps, self.obs_horizon, self.pred_horizon)
         self.train_set = make(self.train_episodes)

@@ -55,3 +55,46 @@ def make_synthetic_dataset(
         "source_sha256": "",
     }
     return write_dataset(path, episodes, provenance, overwrite=overwrite)
+
+
+def make_bimodal_dataset(
+    path: str | os.PathLike,
+    num_episodes: int = 16,
+    obs_dim: int = 5,
+    act_dim: int = 3,
+    length: int = 24,
+    seed: int = 0,
+    env_id: str = "SyntheticBimodal-v0",
+    overwrite: bool = True,
+) -> tuple[Path, np.ndarray]:
+    """Two opposite action modes that the observation cannot tell apart; returns (path, mode of each episode).
+
+    Each episode draws a mode m = +1 or -1 (balanced, random order) and acts ``a_t = m * 0.6 * d + noise`` with one
+    fixed unit direction d; its states drift on their own, independent of m, so no policy can infer the mode from
+    the observation and averaging the two gives the wrong action 0. Modes are (num_episodes,) in {-1, +1}.
+    """
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=act_dim)
+    direction /= np.linalg.norm(direction)
+    modes = rng.permutation(np.resize([1.0, -1.0], num_episodes))
+    episodes = []
+    for i, m in enumerate(modes):
+        s = rng.uniform(-1.0, 1.0, size=obs_dim)
+        states, actions = [], []
+        for _ in range(length):
+            states.append(s.copy())
+            actions.append(m * 0.6 * direction + 0.02 * rng.normal(size=act_dim))
+            s = 0.9 * s + 0.1 * rng.normal(size=obs_dim)
+        episodes.append(Episode(state=np.stack(states), action=np.stack(actions), seed=i))
+    provenance = {
+        "source": "synthetic",
+        "env_id": env_id,
+        "obs_mode": "state",
+        "control_mode": "pd_ee_delta_pos",
+        "sim_backend": "none",
+        "control_freq": 20,
+        "max_episode_steps": int(length),
+        "source_file": "synthetic-bimodal",
+        "source_sha256": "",
+    }
+    return write_dataset(path, episodes, provenance, overwrite=overwrite), modes

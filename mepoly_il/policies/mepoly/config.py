@@ -36,6 +36,10 @@ class MePolyVAEConfig(PolicyShape):
         obs_layers: observation-encoder depth (paper: 2).
         dec_layers: decoder blocks (paper: 4).
         dropout: dropout inside the Transformers (off when acting: policies act in eval mode).
+        min_posterior_std: floor on the std of q(z | tau): the encoder's variance is ``var + floor^2``, so no code
+            is sharper than the floor (0: no floor, as before). Bounds how peaked the stage-2 prior must become.
+        latent_embed: embed z with one Linear(dz, d_model) before every AdaLN's SiLU (False: SiLU on the raw z,
+            whose slope is about 13x smaller at z = -1 than at z = +1, hiding the negative half of each axis).
     """
 
     latent_dim: int = 3
@@ -46,6 +50,8 @@ class MePolyVAEConfig(PolicyShape):
     obs_layers: int = 2
     dec_layers: int = 4
     dropout: float = 0.1
+    min_posterior_std: float = 0.0
+    latent_embed: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +65,12 @@ class MePolyVAEConfig(PolicyShape):
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"{self.prefix}dropout={self.dropout}: must be in [0, 1)")
+        if not 0.0 <= self.min_posterior_std < 1.0:
+            raise UserError(
+                f"{self.prefix}min_posterior_std={self.min_posterior_std}: must be in [0, 1) (the latent box is "
+                "[-1, 1]; 0 disables the floor)"
+            )
+        self.latent_embed = bool(self.latent_embed)
 
 
 @dataclass

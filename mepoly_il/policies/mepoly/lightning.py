@@ -56,6 +56,55 @@ def mds_stress(traj: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(d_z, d_tau)
 
 
+def fixed_scale_stress(traj: torch.Tensor, z: torch.Tensor, ref: float, scale: float) -> torch.Tensor:
+    """Stress with fixed scales: MSE between latent distances and ``scale * d_tau / ref``.
+
+    traj (B, T, Da), z (B, dz); ``ref`` is one dataset constant (the mean pairwise trajectory distance), so a
+    typical pair of windows should sit ``scale`` apart in z. Unlike :func:`mds_stress` it sees the size of the latent
+    cloud (a non-zero radial gradient). Returns a scalar (0 for B < 2).
+    """
+    b = traj.shape[0]
+    if b < 2:
+        return traj.new_zeros(())
+    off = ~torch.eye(b, dtype=torch.bool, device=traj.device)
+    flat = rearrange(traj, "b t d -> b (t d)")
+    d_tau = torch.cdist(flat, flat)[off] * (scale / ref)
+    return F.mse_loss(torch.cdist(z, z)[off], d_tau)
+
+
+def mean_pairwise_distance(actions: torch.Tensor, pairs: int = 20000, seed: int = 0) -> float:
+    """Mean Euclidean distance between random pairs of windows (N, T, Da) -> float (the fixed stress's ``ref``)."""
+    gen = torch.Generator().manual_seed(seed)
+    flat = rearrange(actions, "n t d -> n (t d)").double()
+    i = torch.randint(len(flat), (pairs,), generator=gen)
+    j = (i + torch.randint(1, len(flat), (pairs,), generator=gen)) % len(flat)  # never a window with itself
+    return float((flat[i] - flat[j]).norm(dim=-1).mean())
+
+
+def derangement(n: int, seed: int) -> torch.Tensor:
+    """A random permutation of range(n) without fixed points (n >= 2): a random cycle through all indices."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.empty(n, dtype=torch.long)
+    perm[order] = order.roll(-1)
+    return perm
+
+
+def gaussian_entropy(logvar: torch.Tensor) -> torch.Tensor:
+    """Differential entropy (nats) of N(mu, exp(logvar)) on R^dz (not truncated to the box): (B, dz) -> (B,)."""
+    return 0.5 * (logvar + math.log(2 * math.pi * math.e)).sum(-1)
+
+
+def latent_diagnostics(mu: torch.Tensor, logvar: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Posterior noise (mean std of q) vs code spread (std of the means across the batch, averaged over dz).
+
+    A ratio spread / noise well below 1 means the codes of different windows overlap: the decoder cannot tell them
+    apart and learns to ignore z.
+    """
+    noise = (0.5 * logvar).exp().mean()
+    spread = mu.std(dim=0).mean() if mu.shape[0] > 1 else mu.new_zeros(())
+    return {"posterior_noise": noise, "code_spread": spread, "spread_noise_ratio": spread / noise.clamp_min(1e-8)}
+
+
 def kl_to_isotropic(mu: torch.Tensor, logvar: torch.Tensor, sigma0: float) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, sigma0^2 I)), summed over dz and averaged over the batch."""
     var0 = sigma0**2
@@ -67,8 +116,15 @@ class _MePolyModule(PolicyModule):
     policy: MePolyPolicy
     stage: int
 
+    #: validation metrics copied into ``ckpt["mepoly_il"]["diagnostics"]`` (the latest validation's values)
+    diagnostic_keys: tuple[str, ...] = ()
+
     def _extra_meta(self) -> dict[str, Any]:
-        return {"stage": self.stage}
+        return {"stage": self.stage, "diagnostics": self._diagnostics()}
+
+    def _diagnostics(self) -> dict[str, float]:
+        metrics = self.trainer.callback_metrics if self._trainer is not None else {}
+        return {k: float(metrics[f"val/{k}"]) for k in self.diagnostic_keys if f"val/{k}" in metrics}
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         return self._with_schedule(optimizer, self.hparams.warmup_steps, self.hparams.lr_schedule)
@@ -82,7 +138,16 @@ class Stage1Module(_MePolyModule):
         beta_iso: weight of the MDS stress between trajectory and latent pairwise distances.
         iso_latent: which code the stress sees during training: ``"mean"`` (the posterior mean; default) or
             ``"sample"`` (the reparameterized sample, the paper's L(tau, z)). See ``val/latent_gain`` (reconstruction
-            loss with shuffled codes minus with the right ones): about 0 means the decoder ignores z.
+            loss with the codes randomly permuted across the batch minus with the right ones): about 0 means the
+            decoder ignores z.
+        iso_norm: how the stress fixes scales: ``"batch"`` (default; each batch's two distance matrices divided by
+            their own means, :func:`mds_stress`, blind to the latent's size) or ``"dataset"`` (trajectory distances
+            divided by one constant of the training set, latent distances kept as they are,
+            :func:`fixed_scale_stress`).
+        iso_scale: with ``iso_norm="dataset"``: target latent distance of an average pair of windows. Uniform
+            codes filling [-box_delta, box_delta]^3 are about 0.66 * 2 * box_delta apart on average.
+        recon_reduction: ``"mean"`` over the T*Da action entries (default) or ``"sum"`` over them (the paper's
+            ||tau - D||^2; stronger against the other terms by T*Da); both average over the batch.
         beta_box: weight of ``||ReLU(|z| - box_delta)||^2`` (keeps z inside the prior's box [-1, 1]^dz).
         box_delta: threshold of the box penalty; below 1 so that most codes, noise included, stay in the box.
         beta_kl: weight of KL(q(z | tau) || N(0, prior_sigma^2 I)).
@@ -101,6 +166,9 @@ class Stage1Module(_MePolyModule):
         policy: MePolyVAEConfig = MePolyVAEConfig(),  # noqa: B008 (jsonargparse shows the default's fields)
         beta_iso: float = 0.1,
         iso_latent: str = "mean",
+        iso_norm: str = "batch",
+        iso_scale: float = 0.8,
+        recon_reduction: str = "mean",
         beta_box: float = 1.0,
         box_delta: float = 0.8,
         beta_kl: float = 1e-4,
@@ -116,6 +184,12 @@ class Stage1Module(_MePolyModule):
         check_lr_schedule("model.lr_schedule", lr_schedule)
         if iso_latent not in ("mean", "sample"):
             raise UserError(f"model.iso_latent must be 'mean' or 'sample', got {iso_latent!r}")
+        if iso_norm not in ("batch", "dataset"):
+            raise UserError(f"model.iso_norm must be 'batch' or 'dataset', got {iso_norm!r}")
+        if not iso_scale > 0:
+            raise UserError(f"model.iso_scale must be > 0 (target latent distance of an average pair), got {iso_scale}")
+        if recon_reduction not in ("mean", "sum"):
+            raise UserError(f"model.recon_reduction must be 'mean' or 'sum', got {recon_reduction!r}")
         if not 0.0 < box_delta <= 1.0:
             raise UserError(f"model.box_delta must be in (0, 1], got {box_delta}")
         if prior_sigma <= 0:
@@ -123,6 +197,21 @@ class Stage1Module(_MePolyModule):
         self.save_hyperparameters()
         self.hparams.policy = policy
         self.policy = MePolyPolicy(MePolyConfig.from_stages(policy, None))
+        # Mean pairwise distance of training windows (iso_norm="dataset"); recomputed at every fit setup from the
+        # same seeded sample, hence not saved.
+        self.register_buffer("iso_ref", torch.zeros(()), persistent=False)
+
+    diagnostic_keys = ("latent_gain", "recon", "posterior_noise", "code_spread", "spread_noise_ratio")
+
+    def _on_fit_data(self, dm) -> None:
+        super()._on_fit_data(dm)
+        if self.hparams.iso_norm == "dataset":
+            if dm.train_set is None:
+                dm.setup("fit")
+            ds = dm.train_set
+            gen = np.random.default_rng(0)
+            idx = np.sort(gen.choice(len(ds), size=min(len(ds), 8192), replace=False))
+            self.iso_ref.fill_(mean_pairwise_distance(torch.as_tensor(ds[idx]["action"])))
 
     @classmethod
     def count_parameters(cls, model: dict[str, Any], data: dict[str, Any]) -> str:
@@ -131,19 +220,30 @@ class Stage1Module(_MePolyModule):
         counts = MePolyPolicy(MePolyConfig.from_stages(vae, None)).num_parameters()
         return f"MePoly stage 1: {counts['total']:,} parameters ({_fmt_counts(counts)})"
 
-    def _losses(self, batch: dict[str, torch.Tensor], sample: bool) -> dict[str, torch.Tensor]:
+    def _recon(self, pred: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        err = (pred.float() - action).pow(2)
+        return err.mean() if self.hparams.recon_reduction == "mean" else err.sum((1, 2)).mean()
+
+    def _stress(self, action: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.hparams.iso_norm == "batch":
+            return mds_stress(action, z)
+        if not float(self.iso_ref) > 0:
+            raise RuntimeError("iso_norm='dataset' needs iso_ref (set at fit setup from the training windows)")
+        return fixed_scale_stress(action, z, float(self.iso_ref), self.hparams.iso_scale)
+
+    def _losses(self, batch: dict[str, torch.Tensor], sample: bool, seed: int = 0) -> dict[str, torch.Tensor]:
         hp = self.hparams
         obs, action = batch["obs"], batch["action"]
         mu, logvar = self.policy.encode(action)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
         memory = self.policy.memory(obs)
-        recon = F.mse_loss(self.policy.decode(z, memory), action)
+        recon = self._recon(self.policy.decode(z, memory), action)
         # iso_latent="mean": stress on the code means. It is scale-free, so the means may shrink below the posterior
         # noise and the decoder then ignores z (seen on PushCube: spread 0.03 vs noise 0.24, val/latent_gain ~ 0).
         # iso_latent="sample": stress on the sampled code, as the paper writes L(tau, z); low stress then needs means
         # spread well beyond the noise, i.e. an informative latent (PushCube: noise 0.03, spread 0.77, latent_gain
         # 18% of recon), but the stage-2 prior becomes very peaked and its quadrature refines to many more nodes.
-        iso = mds_stress(action, z if hp.iso_latent == "sample" else mu)
+        iso = self._stress(action, z if hp.iso_latent == "sample" else mu)
         box = F.relu(z.abs() - hp.box_delta).pow(2).sum(-1).mean()
         kl = kl_to_isotropic(mu, logvar, hp.prior_sigma)
         loss = recon + hp.beta_iso * iso + hp.beta_box * box + hp.beta_kl * kl
@@ -155,13 +255,15 @@ class Stage1Module(_MePolyModule):
             "kl": kl,
             "frac_outside_box": (z.abs() > 1.0).any(-1).float().mean(),
             "mu_abs_max": mu.abs().max(),
-            "posterior_std": (0.5 * logvar).exp().mean(),
+            **latent_diagnostics(mu, logvar),
         }
         if not sample and z.shape[0] > 1:
             # Latent usage: how much worse reconstruction gets when each window gets another window's code.
-            # About 0 means the decoder ignores z (posterior collapse); the prior then has nothing to model.
-            shuffled = F.mse_loss(self.policy.decode(z.roll(1, dims=0), memory), action)
-            out["latent_gain"] = shuffled - recon
+            # About 0 means the decoder ignores z (posterior collapse); the prior then has nothing to model. The
+            # partner is random (a seeded derangement): consecutive validation windows are time-neighbours of one
+            # episode with nearly the same code, so pairing each with the next would bias the gain towards 0.
+            perm = derangement(z.shape[0], seed).to(z.device)
+            out["latent_gain"] = self._recon(self.policy.decode(z[perm], memory), action) - recon
         return out
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -171,7 +273,7 @@ class Stage1Module(_MePolyModule):
         return out["loss"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        out = self._losses(batch, sample=False)
+        out = self._losses(batch, sample=False, seed=batch_idx)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, sync_dist=True)
 
     def configure_optimizers(self):
@@ -320,7 +422,8 @@ class Stage2Module(_MePolyModule):
                              "dataset": ckpt["mepoly_il"].get("dataset", {})}  # fmt: skip
         for module in (self.policy.action_encoder, self.policy.latent_heads):
             module.requires_grad_(False)
-            module.eval()
+        self.policy.frozen_encoder = True  # eval mode for them from now on, also in the EMA copy and rollouts
+        self.policy.train(self.policy.training)
         # EMAWeightAveraging computes decay * x + (1 - decay) * x, which is x only up to rounding; the frozen
         # weights are written back from this copy at the end and into every checkpoint, so they stay
         # bit-identical.
@@ -354,14 +457,6 @@ class Stage2Module(_MePolyModule):
         counts = MePolyPolicy(MePolyConfig.from_stages(MePolyConfig.from_dict(s1), prior)).num_parameters()
         return f"MePoly stage 2: {counts['total']:,} parameters ({_fmt_counts(counts)})"
 
-    def train(self, mode: bool = True):
-        # Lightning puts every submodule in train mode each epoch; the frozen encoder must stay deterministic
-        # (no dropout) so its targets are samples of the very q(z | tau) learned in stage 1.
-        super().train(mode)
-        self.policy.action_encoder.eval()
-        self.policy.latent_heads.eval()
-        return self
-
     def _on_fit_data(self, dm) -> None:
         """Check the dataset against stage 1 (the normalizers came with the stage-1 weights)."""
         path = getattr(dm, "path", "--data.path")
@@ -384,23 +479,31 @@ class Stage2Module(_MePolyModule):
                     f"{ckpt_path} (different data or data.norm_margin); use the stage-1 dataset and settings"
                 )
 
-    def _targets(self, action: torch.Tensor) -> torch.Tensor:
+    def _targets(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z_gt (B, dz) in the box, float32; share of codes clamped; q's logvar (B, dz))."""
         with torch.no_grad():
-            mu, logvar = self.policy.encode(action)
+            mu, logvar = (t.float() for t in self.policy.encode(action))
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.hparams.target == "sample" else mu
             # The prior lives on the box; stage 1's box penalty keeps nearly all codes inside; clamp the rest.
-            return to_box(z), (z.abs() > 1.0).any(-1).float().mean()
+            return to_box(z), (z.abs() > 1.0).any(-1).float().mean(), logvar
+
+    diagnostic_keys = ("nll", "entropy", "posterior_entropy", "entropy_gap", "action_mse_mode", "action_mse_sample")
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hp = self.hparams
         obs, action = batch["obs"], batch["action"]
-        z_gt, clipped = self._targets(action)
+        z_gt, clipped, logvar = self._targets(action)
         dist = self.policy.prior_dist(obs)
         nll = -dist.log_prob(z_gt).mean()
         entropy = dist.entropy().mean()
-        recon = F.mse_loss(self.policy.decode(z_gt, self.policy.memory(obs)), action)
+        recon = F.mse_loss(self.policy.decode(z_gt, self.policy.memory(obs)).float(), action)
         loss = nll - hp.alpha * entropy + hp.gamma * recon
-        return {"loss": loss, "nll": nll, "entropy": entropy, "recon": recon, "frac_targets_clamped": clipped}
+        # The prior's entropy against the entropy of q's noise alone (plain Gaussian, not truncated to the box:
+        # exact while q's std is small against the box): a prior much wider than the noise spreads over several
+        # codes, i.e. it models modes; about equal means it is as sharp as the targets allow.
+        posterior_entropy = gaussian_entropy(logvar).mean()
+        return {"loss": loss, "nll": nll, "entropy": entropy, "recon": recon, "frac_targets_clamped": clipped,
+                "posterior_entropy": posterior_entropy, "entropy_gap": entropy - posterior_entropy}  # fmt: skip
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self._losses(batch)
@@ -410,10 +513,15 @@ class Stage2Module(_MePolyModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self._losses(batch)
-        # What the policy would do: actions decoded from the prior's mode, against the demonstration.
-        dist = self.policy.prior_dist(batch["obs"])
-        pred = self.policy.decode(to_box(dist.mode), self.policy.memory(batch["obs"]))
-        out["action_mse_mode"] = F.mse_loss(pred, batch["action"])
+        # What the policy would do, against the demonstration: actions decoded from the prior's mode and from one
+        # sample of it (acting samples unless sample_mode="mode"); the sample is seeded by the batch index.
+        obs, action = batch["obs"], batch["action"]
+        dist, memory = self.policy.prior_dist(obs), self.policy.memory(obs)
+        out["action_mse_mode"] = F.mse_loss(self.policy.decode(to_box(dist.mode), memory).float(), action)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(batch_idx)
+            z = dist.sample()
+        out["action_mse_sample"] = F.mse_loss(self.policy.decode(to_box(z), memory).float(), action)
         self.log_dict({f"val/{k}": v for k, v in out.items()}, sync_dist=True)
 
     def _groups(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:

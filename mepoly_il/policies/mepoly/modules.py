@@ -15,6 +15,8 @@ Nothing here knows about Lightning, data or checkpoints.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -68,16 +70,23 @@ class ActionEncoder(_TokenEncoder):
 
 
 class LatentHeads(nn.Module):
-    """Pooled feature (B, d) -> (mu, logvar), each (B, dz), through two separate MLP heads."""
+    """Pooled feature (B, d) -> (mu, logvar), each (B, dz), through two separate MLP heads.
 
-    def __init__(self, d_model: int, latent_dim: int) -> None:
+    ``min_std`` > 0 floors the posterior std smoothly: the variance is ``exp(raw) + min_std^2``.
+    """
+
+    def __init__(self, d_model: int, latent_dim: int, min_std: float = 0.0) -> None:
         super().__init__()
+        self.min_std = float(min_std)
         self.mu = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, latent_dim))
         self.logvar = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, latent_dim))
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Bounded log-variance: an unbounded head can produce exp() overflow on an outlier batch.
-        return self.mu(feat), self.logvar(feat).clamp(-12.0, 6.0)
+        logvar = self.logvar(feat).clamp(-12.0, 6.0)
+        if self.min_std > 0:
+            logvar = torch.logaddexp(logvar, torch.full_like(logvar, 2.0 * math.log(self.min_std)))
+        return self.mu(feat), logvar
 
 
 class ObsEncoder(_TokenEncoder):
@@ -100,13 +109,14 @@ class AdaLN(nn.Module):
     """LayerNorm without affine whose per-channel scale/shift come from z: ``LN(x) * (1 + scale) + shift``.
 
     The projection (SiLU + Linear to 2d) starts at zero, so at initialization the block is a plain Transformer
-    block and learns to use z gradually.
+    block and learns to use z gradually. ``cond_dim`` is the width of the conditioning vector (dz, or d_model
+    when the decoder embeds z first).
     """
 
-    def __init__(self, d_model: int, latent_dim: int) -> None:
+    def __init__(self, d_model: int, cond_dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model, elementwise_affine=False)
-        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(latent_dim, 2 * d_model))
+        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * d_model))
         nn.init.zeros_(self.proj[1].weight)
         nn.init.zeros_(self.proj[1].bias)
 
@@ -142,7 +152,8 @@ class TrajectoryDecoder(nn.Module):
     """z (B, dz) and observation memory (B, To, d) -> action chunk (B, T, Da).
 
     Learned query positions of length T are refined by :class:`DecoderBlock`s; a final AdaLN and a linear head
-    map to actions.
+    map to actions. With ``latent_embed`` one Linear(dz, d) embeds z before the AdaLNs (their SiLU then acts on a
+    learned mix of the axes, not on the raw coordinates); the AdaLN projections still start at zero.
     """
 
     def __init__(
@@ -155,16 +166,20 @@ class TrajectoryDecoder(nn.Module):
         ff_dim: int,
         latent_dim: int,
         dropout: float,
+        latent_embed: bool = False,
     ) -> None:
         super().__init__()
         self.query = nn.Parameter(torch.randn(1, pred_horizon, d_model) * 0.02)
-        self.blocks = nn.ModuleList(
-            DecoderBlock(d_model, n_heads, ff_dim, latent_dim, dropout) for _ in range(n_layers)
-        )
-        self.final_norm = AdaLN(d_model, latent_dim)
+        # Only present with latent_embed, so checkpoints without it keep their exact parameter names.
+        self.z_embed = nn.Linear(latent_dim, d_model) if latent_embed else None
+        cond = d_model if latent_embed else latent_dim
+        self.blocks = nn.ModuleList(DecoderBlock(d_model, n_heads, ff_dim, cond, dropout) for _ in range(n_layers))
+        self.final_norm = AdaLN(d_model, cond)
         self.head = nn.Linear(d_model, act_dim)
 
     def forward(self, z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        if self.z_embed is not None:
+            z = self.z_embed(z)
         x = self.query.expand(z.shape[0], -1, -1)
         for block in self.blocks:
             x = block(x, memory, z)

@@ -54,11 +54,15 @@ class MePolyPolicy(BasePolicy):
         self.action_encoder = ActionEncoder(
             act_dim, pred_horizon, c.d_model, c.enc_layers, c.n_heads, c.ff_dim, c.dropout
         )
-        self.latent_heads = LatentHeads(c.d_model, c.latent_dim)
+        self.latent_heads = LatentHeads(c.d_model, c.latent_dim, c.min_posterior_std)
         self.obs_encoder = ObsEncoder(obs_dim, obs_horizon, c.d_model, c.obs_layers, c.n_heads, c.ff_dim, c.dropout)
         self.decoder = TrajectoryDecoder(
-            act_dim, pred_horizon, c.d_model, c.dec_layers, c.n_heads, c.ff_dim, c.latent_dim, c.dropout
-        )
+            act_dim, pred_horizon, c.d_model, c.dec_layers, c.n_heads, c.ff_dim, c.latent_dim, c.dropout,
+            c.latent_embed,
+        )  # fmt: skip
+        #: Set by stage 2: the action encoder and latent heads stay in eval mode whatever ``train()`` is called
+        #: with (evaluation code restores the mode with ``policy.train(was_training)``, which recurses here).
+        self.frozen_encoder = False
         self.prior: nn.Module | None = None
         self.prior_net: MLP | None = None
         if c.prior is not None:
@@ -80,6 +84,13 @@ class MePolyPolicy(BasePolicy):
         counts["total"] = count_parameters(self)
         return counts
 
+    def train(self, mode: bool = True) -> MePolyPolicy:
+        super().train(mode)
+        if self.frozen_encoder:
+            self.action_encoder.eval()
+            self.latent_heads.eval()
+        return self
+
     # -- building blocks (normalized units) ------------------------------------------------------------------
     def encode(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, Da) normalized action chunk -> q(z | tau) as (mu, logvar), each (B, dz)."""
@@ -97,7 +108,9 @@ class MePolyPolicy(BasePolicy):
         """(B, To, Ds) normalized observations -> pi(z | s), a batch of B distributions on [-1, 1]^dz."""
         if self.prior is None or self.prior_net is None:
             raise RuntimeError("this MePolyPolicy has no prior (stage-1 VAE only); train stage 2 first")
-        return self.prior(self.prior_net(rearrange(obs, "b t d -> b (t d)")))
+        params = self.prior_net(rearrange(obs, "b t d -> b (t d)"))
+        # Under bf16 autocast the MLP emits bf16; the family's quadrature needs float32 natural parameters.
+        return self.prior(params.float())
 
     def generate(self, obs_norm: torch.Tensor) -> torch.Tensor:
         """(B, To, Ds) normalized observations -> (B, T, Da) normalized actions, z from the prior."""
