@@ -43,6 +43,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; pass the path of a .ckpt written by `mepoly-il fit`")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file, not a checkpoint; re-run training or pick another checkpoint")
+    if not _is_zip_or_pickle(path):
+        raise UserError(f"{path}: not a checkpoint file (neither a zip archive nor a pickle); use a .ckpt from fit")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -50,9 +54,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: refused to load: the checkpoint contains objects other than tensors and primitive values "
             f"({str(err).splitlines()[0][:160]}); only checkpoints written by mepoly-il are accepted"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as err:
+        reason = str(err).splitlines()[0][:160] if str(err) else ""
         raise UserError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {reason}); "
             "it may be truncated, re-run training or pick another checkpoint"
         ) from None
     if not isinstance(ckpt, dict) or "mepoly_il" not in ckpt or "state_dict" not in ckpt:
@@ -63,7 +68,28 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: checkpoint format version {version!r} is not one this mepoly-il reads (1 to "
             f"{CHECKPOINT_FORMAT_VERSION}); it was written by another version, upgrade mepoly-il"
         )
+    if not isinstance(ckpt["state_dict"], dict):
+        raise UserError(
+            f"{path}: not a mepoly-il policy checkpoint (its state_dict is not a dict); use a .ckpt from fit"
+        )
+    bad = [
+        k
+        for k, v in ckpt["state_dict"].items()
+        if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:  # acting (or training on) with NaN/inf weights only ever yields NaN actions
+        raise UserError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or inf values (first: {bad[0]}); the run diverged, "
+            "use an earlier checkpoint or retrain with a lower learning rate"
+        )
     return ckpt
+
+
+def _is_zip_or_pickle(path: Path) -> bool:
+    """Whether the file starts like what torch.save writes (a zip archive, or a legacy pickle)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
 def policy_state_dict(ckpt: dict[str, Any], prefix: str = "policy.") -> dict[str, torch.Tensor]:
