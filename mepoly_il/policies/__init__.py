@@ -17,6 +17,7 @@ Checkpoint contract (every Lightning module in this package writes it):
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import pickle
 import zipfile
@@ -85,6 +86,40 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def poly_size_problem(dim: int, order: int) -> str | None:
+    """Why a :class:`~mepoly_il.poly.family.PolynomialFamily` of ``dim`` and total degree ``order`` cannot be
+    trained (its default quadrature would need more memory per batch row than the family's ``max_grid_bytes``
+    budget), or None. Costs nothing: nothing is built.
+
+    The default ("auto") quadrature is a Gauss grid of ``max(12, 2K + 8)`` nodes per dimension when that grid has
+    at most ``2**17`` nodes, else QMC, which holds ``qmc_points * qmc_replicates * num_features * (dim + 1)``
+    float32 elements per batch row (see ``PolynomialFamily._qmc_stats``).
+    """
+    import inspect
+
+    from mepoly_il.poly.family import _AUTO_MAX_NODES, PolynomialFamily, default_gauss_nodes
+
+    defaults = {k: v.default for k, v in inspect.signature(PolynomialFamily).parameters.items()}
+    budget = defaults["max_grid_bytes"]
+    points = defaults["qmc_points"] * defaults["qmc_replicates"]
+
+    def row_bytes(k: int) -> int:
+        if default_gauss_nodes(k) ** dim <= _AUTO_MAX_NODES:
+            return 0  # a small Gauss grid: always within the budget
+        return points * (math.comb(dim + k, dim) - 1) * (dim + 1) * 4
+
+    if row_bytes(order) <= budget:
+        return None
+    k_max = order
+    while k_max > 1 and row_bytes(k_max) > budget:
+        k_max -= 1
+    return (
+        f"poly_order {order} with latent_dim {dim} has {math.comb(dim + order, dim) - 1:,} features and its "
+        f"quadrature needs {row_bytes(order) / 2**30:,.1f} GiB per batch row (the polynomial family's budget is "
+        f"{budget / 2**20:.0f} MiB per row); use poly_order <= {k_max}"
+    )
+
+
 def _is_zip_or_pickle(path: Path) -> bool:
     """Whether the file starts like what torch.save writes (a zip archive, or a legacy pickle)."""
     with open(path, "rb") as f:
@@ -116,4 +151,11 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     return policy.to(device).eval()
 
 
-__all__ = ["BasePolicy", "load_policy", "read_checkpoint", "policy_state_dict", "CHECKPOINT_FORMAT_VERSION"]
+__all__ = [
+    "BasePolicy",
+    "load_policy",
+    "read_checkpoint",
+    "policy_state_dict",
+    "poly_size_problem",
+    "CHECKPOINT_FORMAT_VERSION",
+]

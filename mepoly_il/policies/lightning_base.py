@@ -191,7 +191,9 @@ class PolicyModule(L.LightningModule):
         state = checkpoint.get(RNG_KEY)
         if state is None or self._trainer is None:
             return
-        _set_rng_state(state)
+        # Set at on_train_start: the sanity-check validation, which runs between the restore and the first
+        # step, draws from the same generators.
+        self._resume_rng = state
         sampler_state = state.get("sampler")
         dm = getattr(self.trainer, "datamodule", None)
         if sampler_state is None or dm is None:
@@ -209,6 +211,12 @@ class PolicyModule(L.LightningModule):
             return loader
 
         dm.train_dataloader = train_dataloader
+
+    def on_train_start(self) -> None:
+        state = getattr(self, "_resume_rng", None)
+        if state is not None:
+            _set_rng_state(state)
+            self._resume_rng = None
 
     def _train_generator(self) -> torch.Generator | None:
         """The torch.Generator of the running train loader's sampler, if it has one."""
