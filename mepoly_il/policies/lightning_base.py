@@ -194,28 +194,16 @@ class PolicyModule(L.LightningModule):
         # Set at on_train_start: the sanity-check validation, which runs between the restore and the first
         # step, draws from the same generators.
         self._resume_rng = state
-        sampler_state = state.get("sampler")
-        dm = getattr(self.trainer, "datamodule", None)
-        if sampler_state is None or dm is None:
-            return
-        # The train loader does not exist yet (the fit loop builds it after the restore): seed its generator when
-        # it is built, before its first iteration draws the epoch's order.
-        build = dm.train_dataloader
-
-        def train_dataloader():
-            loader = build()
-            gen = _loader_generator(loader)
-            if gen is not None:
-                gen.set_state(sampler_state)
-            dm.train_dataloader = build  # once: later loaders (a new fit) start from the seed again
-            return loader
-
-        dm.train_dataloader = train_dataloader
 
     def on_train_start(self) -> None:
         state = getattr(self, "_resume_rng", None)
         if state is not None:
             _set_rng_state(state)
+            gen = self._train_generator()
+            if gen is not None and "sampler" in state:
+                # The loader's first iterator (drawn while the fit loop was set up) serves the epoch that the
+                # checkpoint ended, which Lightning closes without a batch; the next epoch draws from this state.
+                gen.set_state(state["sampler"])
             self._resume_rng = None
 
     def _train_generator(self) -> torch.Generator | None:
