@@ -13,10 +13,9 @@
   copy is refreshed after the normalizers are set (an EMA model that has not been updated yet must not act with
   identity normalizers);
 * the per-step LR schedule (linear warm-up, then cosine decay to 0 at the last step, or constant);
-* exact resume: ``ckpt["mepoly_il_rng"]`` holds the torch (CPU and CUDA), numpy and ``random`` states and the
-  training sampler's generator, restored on ``--ckpt_path`` resume, so N steps + N resumed steps give the weights of
-  2N uninterrupted steps. Lightning replays a partly-run epoch from its first batch (its own "not resumable" warning),
-  so that holds for checkpoints at epoch ends.
+* resume: ``ckpt["mepoly_il_rng"]`` holds the torch (CPU and CUDA), numpy and ``random`` states and the
+  training sampler's generator, restored at ``on_train_start`` of a ``--ckpt_path`` resume. Not yet bit-exact:
+  N steps + N resumed steps still differ slightly from 2N uninterrupted steps (see tests/test_reliability_fit.py).
 
 Subclasses set ``kind`` / ``stage``, build ``self.policy`` and keep what differs: losses, optimiser groups,
 validation metrics, and :meth:`_on_fit_data` for what they take from the dataset.
