@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,7 +148,58 @@ def _not_a_dir_parent(tmp: Path, ds: Path) -> Path:
     return tmp / "afile" / "out"
 
 
+def _fit(ds: Path, root: Path, *extra: str) -> list[str]:
+    """A tiny stage-1 `fit` of the synthetic dataset (its env id is no registered task: horizons given)."""
+    horizons = ["--data.obs_horizon", "2", "--data.act_horizon", "8", "--data.pred_horizon", "16"]
+    return ["fit", "stage1", "--config", "configs/stage1/cpu.yaml", "--data.path", str(ds), *horizons,
+            "--trainer.default_root_dir", str(root), "--trainer.max_steps", "2", *extra]  # fmt: skip
+
+
+def _ckpt_file(tmp: Path, content: bytes | None = None, **mepoly) -> Path:
+    """A .ckpt holding ``content``, or a torch.save'd checkpoint with a NaN weight / ``mepoly`` overrides."""
+    path = tmp / "bad.ckpt"
+    if content is not None:
+        path.write_bytes(content)
+        return path
+    state = {"policy.w": torch.tensor([1.0, float("nan")])} if not mepoly else {"policy.w": torch.ones(2)}
+    torch.save({"global_step": 2, "state_dict": state, "mepoly_il": {"format_version": 1, "stage": 1, **mepoly}}, path)
+    return path
+
+
+def _truncated_ckpt(tmp: Path) -> Path:
+    good = _ckpt_file(tmp, None, policy=None)
+    good.write_bytes(good.read_bytes()[:200])
+    return good
+
+
+def _other_run(tmp: Path) -> Path:
+    _fake_ckpt(tmp / "run" / "checkpoints" / "step=0000020.ckpt")
+    return tmp / "run"
+
+
+REPO = Path(__file__).resolve().parents[1]
 CASES: list[Case] = [
+    ("fit-ckpt-text", lambda t, d: _fit(d, t / "r", "--ckpt_path", str(_ckpt_file(t, b"hello"))), "not a checkpoint"),
+    ("fit-ckpt-empty", lambda t, d: _fit(d, t / "r", "--ckpt_path", str(_ckpt_file(t, b""))), "empty file"),
+    ("fit-ckpt-truncated", lambda t, d: _fit(d, t / "r", "--ckpt_path", str(_truncated_ckpt(t))), "truncated"),
+    ("fit-ckpt-nan", lambda t, d: _fit(d, t / "r", "--ckpt_path", str(_ckpt_file(t))), "NaN or inf"),
+    (
+        "fit-ckpt-future-format",
+        lambda t, d: _fit(d, t / "r", "--ckpt_path", str(_ckpt_file(t, None, format_version=99))),
+        "format version 99",
+    ),
+    ("fit-ckpt-missing", lambda t, d: _fit(d, t / "r", "--ckpt_path", str(t / "nope.ckpt")), "not found"),
+    (
+        "fit-ckpt-other-stage",
+        lambda t, d: _fit(d, t / "r", "--ckpt_path", str(_fake_ckpt(t / "dp.ckpt"))),
+        "not of `fit stage1`",
+    ),
+    ("fit-into-other-run", lambda t, d: _fit(d, _other_run(t)), "already holds the checkpoints of another run"),
+    ("fit-max-steps-negative", lambda t, d: _fit(d, t / "r", "--trainer.max_steps", "-5"), "max_steps"),
+    ("fit-latent-dim-zero", lambda t, d: _fit(d, t / "r", "--model.policy.latent_dim", "0"), "latent_dim=0"),
+    ("fit-unknown-key", lambda t, d: _fit(d, t / "r", "--model.bogus", "3"), "--model.bogus"),
+    ("fit-bad-value", lambda t, d: _fit(d, t / "r", "--model.lr", "fast"), "model.lr"),
+    ("eval-nan-weights", lambda t, d: ["eval", "run", str(_ckpt_file(t)), "--episodes", "1"], "NaN or inf"),
     ("plot-onto-dataset", lambda t, d: ["data", "inspect", str(d), "--plot", str(d)], "is the input"),
     ("plot-existing-dir", lambda t, d: ["data", "inspect", str(d), "--plot", str(t / "run")], "existing directory"),
     ("plot-parent-of-dataset", lambda t, d: ["data", "inspect", str(d), "--plot", str(t)], "contains the input"),
@@ -266,6 +318,7 @@ SIM_CASES: list[Case] = [
 ]
 if not torch.cuda.is_available():
     CASES.append(("eval-cuda-without-gpu", lambda t, d: ["eval", "run", "x.ckpt", "--device", "cuda"], "no CUDA GPU"))
+    CASES.append(("fit-gpu-without-gpu", lambda t, d: _fit(d, t / "r", "--trainer.accelerator", "gpu"), "gpu"))
 
 
 @pytest.mark.parametrize("setup,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -281,6 +334,9 @@ def test_bad_demo_file_gives_one_line_and_changes_nothing(tmp_path, capsys, monk
 
 def _check_one_line(tmp_path, capsys, monkeypatch, setup, expected) -> None:
     monkeypatch.chdir(tmp_path)  # relative outputs (if any slipped through) would land here and be seen
+    (tmp_path / "configs").symlink_to(REPO / "configs")  # `fit --config configs/...` as run from the repository
+    # Lightning's "Seed set to 0" info line goes through a handler bound to an earlier test's captured stream.
+    monkeypatch.setattr(logging.getLogger("lightning.fabric.utilities.seed"), "disabled", True)
     ds = make_synthetic_dataset(tmp_path / "d.zarr", num_episodes=6, length=(10, 14))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("not ours")

@@ -7,8 +7,16 @@ The dataset (``--data.path``) fixes the policy's shape: ``data.obs_dim``, ``data
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import os
+import shutil
 import sys
+import uuid
+from pathlib import Path
+
+from mepoly_il.errors import UserError
 
 MODELS = {
     "stage1": ("mepoly_il.policies.mepoly.lightning:Stage1Module", "MePoly stage 1: trajectory VAE"),
@@ -38,23 +46,97 @@ def _print_parameter_count(parser, argv: list[str], model_cls) -> None:
         print(f"# parameter count unavailable ({type(err).__name__}: {reason})", file=sys.stderr)
 
 
+#: ``--ckpt_path`` values that Lightning resolves itself (no file to check beforehand).
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+#: The folders a run writes under ``trainer.default_root_dir`` (see policies/run_layout.py).
+RUN_SUBDIRS = ("checkpoints", "lightning_logs")
+
+
+def check_resume_checkpoint(path: str, stage: str) -> None:
+    """UserError unless ``path`` is a readable mepoly-il checkpoint of ``stage`` with finite weights."""
+    from mepoly_il.policies import read_checkpoint
+
+    info = read_checkpoint(path)["mepoly_il"]  # missing, empty, text, truncated, foreign, NaN, future format
+    kind = info.get("policy")
+    written_by = "dp" if kind == "dp" else f"stage{info.get('stage')}"
+    if written_by != stage:
+        raise UserError(
+            f"--ckpt_path {path}: a checkpoint of `fit {written_by}`, not of `fit {stage}`; resume it there"
+        )
+
+
+def prepare_run_dir(root: Path, ckpt_path: str | None, overwrite: bool) -> None:
+    """Refuse a run folder holding another run's checkpoints, unless resuming from inside it or ``overwrite``.
+
+    With ``overwrite`` the earlier run's ``checkpoints/`` and ``lightning_logs/`` are first renamed aside (one atomic
+    rename each) and then deleted, so the new run never sits beside the old one's files.
+    """
+    old = sorted(p.name for p in (root / "checkpoints").glob("*.ckpt")) if (root / "checkpoints").is_dir() else []
+    if not old:
+        return
+    if ckpt_path is not None:
+        ckpt = Path(ckpt_path).resolve() if ckpt_path not in LIGHTNING_CKPT_ALIASES else root.resolve()
+        if ckpt == root.resolve() or root.resolve() in ckpt.parents:
+            return  # resuming this run, in place
+    if not overwrite:
+        raise UserError(
+            f"--trainer.default_root_dir {root}: already holds the checkpoints of another run ({', '.join(old[:3])}"
+            f"{', ...' if len(old) > 3 else ''}); resume it with --ckpt_path {root / 'checkpoints' / 'last.ckpt'}, "
+            "pass --overwrite to replace it, or pick a new folder"
+        )
+    trash = root / f".overwritten-{uuid.uuid4().hex[:8]}"
+    trash.mkdir()
+    for name in RUN_SUBDIRS:
+        if (root / name).exists():
+            os.replace(root / name, trash / name)
+    shutil.rmtree(trash)
+    print(f"# --overwrite: removed the earlier run's {' and '.join(RUN_SUBDIRS)} in {root}", file=sys.stderr)
+
+
+def one_line_parse_errors(parse, stage: str) -> None:
+    """Run ``parse()``; a config error (jsonargparse prints the usage, then exits 2) becomes one UserError line."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            parse()
+    except SystemExit as err:
+        if not err.code:  # --help / --print_config: show what they wrote
+            sys.stderr.write(buf.getvalue())
+            raise
+        lines = [ln.strip() for ln in buf.getvalue().splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error:" in ln]
+        reason = errors[-1].split("error:", 1)[1].strip() if errors else (lines[-1] if lines else "invalid arguments")
+        raise UserError(f"{reason} (see `mepoly-il fit {stage} --help`)") from None
+    sys.stderr.write(buf.getvalue())
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: mepoly-il fit {stage1,stage2,dp} --config FILE [--section.key value ...]\n")
         for name, (_, desc) in MODELS.items():
             print(f"  {name:<7} {desc}")
-        print("\nextra flags: --print_config, --ckpt_path PATH (resume), --trainer.fast_dev_run true")
+        print(
+            "\nextra flags: --print_config, --ckpt_path PATH (resume), --trainer.fast_dev_run true,\n"
+            "  --overwrite (replace the checkpoints and logs of an earlier run in --trainer.default_root_dir)"
+        )
         return 0
     stage = argv[0]
     if stage not in MODELS:
-        from mepoly_il.errors import UserError
-
         raise UserError(f"unknown fit target {stage!r}; choose one of: {', '.join(MODELS)}")
     from lightning.pytorch.cli import LightningCLI
 
     from mepoly_il.data.datamodule import DemoDataModule
 
     model_cls = _load(MODELS[stage][0])
+    overwrite = "--overwrite" in argv
+    argv = [a for a in argv if a != "--overwrite"]
+    # LightningCLI reads the checkpoint while parsing (for its hyperparameters): check it before that.
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else None
+        if arg == "--ckpt_path" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None and value not in LIGHTNING_CKPT_ALIASES and value.lower() not in ("null", "none"):
+            check_resume_checkpoint(value, stage)
 
     class _CLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:  # noqa: D401
@@ -68,10 +150,24 @@ def main(argv: list[str]) -> int:
             # checkpoints/<stage>/<dataset name> rather than Lightning's current directory.
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             if cfg.trainer.default_root_dir is None and cfg.data.path:
-                from pathlib import Path
-
                 cfg.trainer.default_root_dir = str(Path("checkpoints") / stage / Path(cfg.data.path).stem)
                 print(f"# trainer.default_root_dir: {cfg.trainer.default_root_dir}", file=sys.stderr)
+            # Before the Trainer exists: a refused run must leave no lightning_logs/version_N behind.
+            ckpt_path = cfg.get("ckpt_path")
+            if ckpt_path is not None and ckpt_path not in LIGHTNING_CKPT_ALIASES:
+                check_resume_checkpoint(ckpt_path, stage)
+            if cfg.trainer.default_root_dir is not None:
+                prepare_run_dir(Path(cfg.trainer.default_root_dir), ckpt_path, overwrite)
+
+        def instantiate_classes(self) -> None:
+            # Lightning reports a bad trainer setting (max_steps -5, accelerator gpu without one) as
+            # MisconfigurationException while building the Trainer, before anything is written: one line.
+            from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+            try:
+                super().instantiate_classes()
+            except MisconfigurationException as err:
+                raise UserError(f"{str(err).strip().splitlines()[0]} (see `mepoly-il fit {stage} --help`)") from None
 
         def parse_arguments(self, parser, args) -> None:
             # --print_config exits inside parsing; first report the model size to stderr (stdout stays valid YAML)
@@ -79,7 +175,7 @@ def main(argv: list[str]) -> int:
             argv = list(sys.argv[1:] if args is None else args)
             if hasattr(model_cls, "count_parameters") and any(a.split("=")[0] == "--print_config" for a in argv):
                 _print_parameter_count(parser, [a for a in argv if a.split("=")[0] != "--print_config"], model_cls)
-            super().parse_arguments(parser, args)
+            one_line_parse_errors(lambda: super(_CLI, self).parse_arguments(parser, args), stage)
 
     # The arguments go to LightningCLI explicitly and sys.argv stays as launched: DDP's launcher starts every
     # extra rank by re-running sys.argv, which must be the same `mepoly-il fit <stage> ...` command.

@@ -17,6 +17,7 @@ Checkpoint contract (every Lightning module in this package writes it):
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import pickle
 import zipfile
@@ -43,6 +44,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; pass the path of a .ckpt written by `mepoly-il fit`")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file, not a checkpoint; re-run training or pick another checkpoint")
+    if not _is_zip_or_pickle(path):
+        raise UserError(f"{path}: not a checkpoint file (neither a zip archive nor a pickle); use a .ckpt from fit")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -50,9 +55,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: refused to load: the checkpoint contains objects other than tensors and primitive values "
             f"({str(err).splitlines()[0][:160]}); only checkpoints written by mepoly-il are accepted"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError, ValueError) as err:
+        reason = str(err).splitlines()[0][:160] if str(err) else ""
         raise UserError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {reason}); "
             "it may be truncated, re-run training or pick another checkpoint"
         ) from None
     if not isinstance(ckpt, dict) or "mepoly_il" not in ckpt or "state_dict" not in ckpt:
@@ -63,7 +69,62 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: checkpoint format version {version!r} is not one this mepoly-il reads (1 to "
             f"{CHECKPOINT_FORMAT_VERSION}); it was written by another version, upgrade mepoly-il"
         )
+    if not isinstance(ckpt["state_dict"], dict):
+        raise UserError(
+            f"{path}: not a mepoly-il policy checkpoint (its state_dict is not a dict); use a .ckpt from fit"
+        )
+    bad = [
+        k
+        for k, v in ckpt["state_dict"].items()
+        if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:  # acting (or training on) with NaN/inf weights only ever yields NaN actions
+        raise UserError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or inf values (first: {bad[0]}); the run diverged, "
+            "use an earlier checkpoint or retrain with a lower learning rate"
+        )
     return ckpt
+
+
+def poly_size_problem(dim: int, order: int) -> str | None:
+    """Why a :class:`~mepoly_il.poly.family.PolynomialFamily` of ``dim`` and total degree ``order`` cannot be
+    trained (its default quadrature would need more memory per batch row than the family's ``max_grid_bytes``
+    budget), or None. Costs nothing: nothing is built.
+
+    The default ("auto") quadrature is a Gauss grid of ``max(12, 2K + 8)`` nodes per dimension when that grid has
+    at most ``2**17`` nodes, else QMC, which holds ``qmc_points * qmc_replicates * num_features * (dim + 1)``
+    float32 elements per batch row (see ``PolynomialFamily._qmc_stats``).
+    """
+    import inspect
+
+    from mepoly_il.poly.family import _AUTO_MAX_NODES, PolynomialFamily, default_gauss_nodes
+
+    defaults = {k: v.default for k, v in inspect.signature(PolynomialFamily).parameters.items()}
+    budget = defaults["max_grid_bytes"]
+    points = defaults["qmc_points"] * defaults["qmc_replicates"]
+
+    def row_bytes(k: int) -> int:
+        if default_gauss_nodes(k) ** dim <= _AUTO_MAX_NODES:
+            return 0  # a small Gauss grid: always within the budget
+        return points * (math.comb(dim + k, dim) - 1) * (dim + 1) * 4
+
+    if row_bytes(order) <= budget:
+        return None
+    k_max = order
+    while k_max > 1 and row_bytes(k_max) > budget:
+        k_max -= 1
+    return (
+        f"poly_order {order} with latent_dim {dim} has {math.comb(dim + order, dim) - 1:,} features and its "
+        f"quadrature needs {row_bytes(order) / 2**30:,.1f} GiB per batch row (the polynomial family's budget is "
+        f"{budget / 2**20:.0f} MiB per row); use poly_order <= {k_max}"
+    )
+
+
+def _is_zip_or_pickle(path: Path) -> bool:
+    """Whether the file starts like what torch.save writes (a zip archive, or a legacy pickle)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
 def policy_state_dict(ckpt: dict[str, Any], prefix: str = "policy.") -> dict[str, torch.Tensor]:
@@ -90,4 +151,11 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     return policy.to(device).eval()
 
 
-__all__ = ["BasePolicy", "load_policy", "read_checkpoint", "policy_state_dict", "CHECKPOINT_FORMAT_VERSION"]
+__all__ = [
+    "BasePolicy",
+    "load_policy",
+    "read_checkpoint",
+    "policy_state_dict",
+    "poly_size_problem",
+    "CHECKPOINT_FORMAT_VERSION",
+]

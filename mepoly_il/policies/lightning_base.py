@@ -12,7 +12,10 @@
 * EMA sync: ``EMAWeightAveraging`` deep-copies the module in its own ``setup()``, which runs *before* ours, so the
   copy is refreshed after the normalizers are set (an EMA model that has not been updated yet must not act with
   identity normalizers);
-* the per-step LR schedule (linear warm-up, then cosine decay to 0 at the last step, or constant).
+* the per-step LR schedule (linear warm-up, then cosine decay to 0 at the last step, or constant);
+* resume: ``ckpt["mepoly_il_rng"]`` holds the torch (CPU and CUDA), numpy and ``random`` states and the
+  training sampler's generator, restored at ``on_train_start`` of a ``--ckpt_path`` resume. Not yet bit-exact:
+  N steps + N resumed steps still differ slightly from 2N uninterrupted steps (see tests/test_reliability_fit.py).
 
 Subclasses set ``kind`` / ``stage``, build ``self.policy`` and keep what differs: losses, optimiser groups,
 validation metrics, and :meth:`_on_fit_data` for what they take from the dataset.
@@ -21,10 +24,12 @@ validation metrics, and :meth:`_on_fit_data` for what they take from the dataset
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from mepoly_il.errors import UserError
@@ -34,6 +39,53 @@ from mepoly_il.policies.run_layout import arrange_run_outputs
 from mepoly_il.utils import to_primitive
 
 LR_SCHEDULES = ("cosine", "constant")
+#: ``ckpt[RNG_KEY]``: the random-number states at the save, for exact resume (see the module docstring).
+RNG_KEY = "mepoly_il_rng"
+
+
+def _loader_generator(loader) -> torch.Generator | None:
+    """The generator of a DataLoader's (batch) sampler, if any."""
+    sampler = getattr(loader, "batch_sampler", None) or getattr(loader, "sampler", None)
+    for _ in range(3):  # DataLoader -> BatchSampler -> RandomSampler
+        gen = getattr(sampler, "generator", None)
+        if isinstance(gen, torch.Generator):
+            return gen
+        sampler = getattr(sampler, "sampler", None)
+    return None
+
+
+def _rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+    """Every random-number state a training step draws from, as tensors and primitives (``weights_only`` loads)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },  # fmt: skip
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["sampler"] = generator.get_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["gauss"])
+    )
+    random.setstate((state["python_version"], tuple(state["python"]), state.get("python_gauss")))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def lr_factor(
@@ -131,6 +183,37 @@ class PolicyModule(L.LightningModule):
             "dataset": self._dataset_meta(),
             **self._extra_meta(),
         }
+
+        checkpoint[RNG_KEY] = _rng_state(self._train_generator())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(RNG_KEY)
+        if state is None or self._trainer is None:
+            return
+        # Set at on_train_start: the sanity-check validation, which runs between the restore and the first
+        # step, draws from the same generators.
+        self._resume_rng = state
+
+    def on_train_start(self) -> None:
+        state = getattr(self, "_resume_rng", None)
+        if state is not None:
+            _set_rng_state(state)
+            gen = self._train_generator()
+            if gen is not None and "sampler" in state:
+                # The loader's first iterator (drawn while the fit loop was set up) serves the epoch that the
+                # checkpoint ended, which Lightning closes without a batch; the next epoch draws from this state.
+                gen.set_state(state["sampler"])
+            self._resume_rng = None
+
+    def _train_generator(self) -> torch.Generator | None:
+        """The torch.Generator of the running train loader's sampler, if it has one."""
+        if self._trainer is None:
+            return None
+        try:
+            loader = self.trainer.fit_loop._combined_loader.flattened[0]  # the loader the fit loop iterates
+        except (AttributeError, IndexError, TypeError):
+            return None
+        return _loader_generator(loader)
 
     def _extra_meta(self) -> dict[str, Any]:
         """More entries for ``ckpt["mepoly_il"]`` (e.g. MePoly's stage and its stage-1 provenance)."""

@@ -113,6 +113,13 @@ class MePolyPriorConfig(PolicyShape):
             raise UserError(f"{self.prefix}gmm_components={self.gmm_components}: must be >= 1")
         if self.sample_mode not in SAMPLE_MODES:
             raise UserError(f"{self.prefix}sample_mode={self.sample_mode!r}: choose one of {list(SAMPLE_MODES)}")
+        if self.prior == "polynomial" and isinstance(getattr(self, "latent_dim", None), int):
+            # checked before anything is built: a too-large family would allocate for minutes, then fail
+            from mepoly_il.policies import poly_size_problem
+
+            problem = poly_size_problem(self.latent_dim, int(self.poly_order))
+            if problem:
+                raise UserError(f"{self.prefix}{problem}")
 
 
 @dataclass
