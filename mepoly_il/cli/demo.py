@@ -78,6 +78,7 @@ def run_il(out: Path, env_id: str, num_demos: int, episodes: int, seed: int, vid
             str(s1_root),
             "--seed_everything",
             str(seed),
+            "--overwrite",  # a rerun of the demo retrains from scratch
         ],
         timings,
         "stage1",
@@ -98,6 +99,7 @@ def run_il(out: Path, env_id: str, num_demos: int, episodes: int, seed: int, vid
             str(s2_root),
             "--seed_everything",
             str(seed),
+            "--overwrite",
         ],
         timings,
         "stage2",
