@@ -66,13 +66,13 @@ def trained(tmp_path_factory) -> Path:
             "4",
             "--data.pred_horizon",
             "8",
-            "--model.down_dims",
+            "--model.policy.down_dims",
             "[8,16,32]",
-            "--model.diffusion_step_embed_dim",
+            "--model.policy.diffusion_step_embed_dim",
             "8",
-            "--model.inference",
+            "--model.policy.inference",
             "ddim",
-            "--model.num_inference_steps",
+            "--model.policy.num_inference_steps",
             "4",
             "--model.warmup_steps",
             "1",
@@ -132,7 +132,7 @@ def test_eval_run_writes_eval_info_and_video(trained, capsys):
     assert prov["checkpoint_sha256"] == sha256_file(trained / prov["checkpoint"])
     assert prov["env_id"] == "PushCube-v1" and prov["control_mode"] == "pd_ee_delta_pos"
     assert prov["sim_backend"] == "physx_cpu" and prov["train_seed"] == 5 and prov["policy"] == "dp"
-    assert prov["config"]["down_dims"] == [8, 16, 32] and prov["code_version"]["mepoly_il"]
+    assert prov["config"]["policy"]["down_dims"] == [8, 16, 32] and prov["code_version"]["mepoly_il"]
     assert info["video_paths"] == []
     # Re-running with the same settings reuses the results instead of re-rolling.
     again = _run(EVAL_RUN, cwd=trained)
