@@ -203,13 +203,40 @@ def _evaluate(agent, kind: str, btask, envs, env_cfg, eval_cfg, seed: int) -> tu
     return eval_smoothworld(agent, envs, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
 
 
+def _record_run(ns, config: dict, labels: dict, train, weights, policy, evaluation: tuple, summarize) -> dict:
+    """One run folder, the same for every trainer: config.json, training (``train(out) -> history``), the final
+    weights (``weights()``), evaluation of ``policy``, samples.npz and metrics.json (``labels`` plus timings plus
+    ``summarize(history)``). ``evaluation`` is ``(kind, btask, envs, env_cfg, eval_cfg)``."""
+    import numpy as np
+    import torch
+
+    from mepoly_il.utils import atomic_path, write_json_atomic
+
+    with atomic_path(ns.out, overwrite=ns.overwrite) as out:
+        out.mkdir(parents=True)
+        write_json_atomic(out / "config.json", config)
+        t0 = time.perf_counter()
+        history = train(out)
+        train_s = time.perf_counter() - t0
+        (out / "checkpoints").mkdir()
+        torch.save(weights(), out / "checkpoints" / "final.pt")
+        t1 = time.perf_counter()
+        metrics, arrays = _evaluate(policy, *evaluation, ns.seed)
+        metrics.update(
+            {**labels, "train_seconds": train_s, "eval_seconds": time.perf_counter() - t1, **summarize(history)}
+        )
+        np.savez_compressed(out / "samples.npz", **arrays)
+        write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
 def _ppo_run(ns, head_name, ppo_cfg, head_cfg, env_cfg, eval_cfg, method: str, variant: str) -> dict:
     """Train + evaluate one PPO run of ``head_name``; ``method`` and ``variant`` label it in metrics.json."""
     import numpy as np
     import torch
 
     from mepoly_il.rl.ppo import ActorCritic, train_ppo
-    from mepoly_il.utils import atomic_path, check_output_path, write_json_atomic
+    from mepoly_il.utils import check_output_path
 
     kind, task = parse_env(ns.env)
     check_output_path(ns.out, ns.overwrite)
@@ -236,40 +263,28 @@ def _ppo_run(ns, head_name, ppo_cfg, head_cfg, env_cfg, eval_cfg, method: str, v
         "torch_threads": torch.get_num_threads(),
         "command": f"mepoly-il rl {method} " + " ".join(sys.argv[3:]),
     }
-    with atomic_path(ns.out, overwrite=ns.overwrite) as out:
-        out.mkdir(parents=True)
-        write_json_atomic(out / "config.json", config)
-        t0 = time.perf_counter()
-        history = train_ppo(
+    labels = {"env": ns.env, "head": head_name, "seed": ns.seed, "method": method, "variant": variant}
+    return _record_run(
+        ns,
+        config,
+        labels,
+        lambda out: train_ppo(
             agent,
             envs,
             ppo_cfg,
             seed=ns.seed,
             log_dir=out,
             progress_desc=None if ns.quiet else f"{ns.env} {head_name} s{ns.seed}",
-        )
-        train_s = time.perf_counter() - t0
-        (out / "checkpoints").mkdir()
-        torch.save(agent.state_dict(), out / "checkpoints" / "final.pt")
-        t1 = time.perf_counter()
-        metrics, arrays = _evaluate(agent, kind, btask, envs, env_cfg, eval_cfg, ns.seed)
-        metrics.update(
-            {
-                "env": ns.env,
-                "head": head_name,
-                "seed": ns.seed,
-                "method": method,
-                "variant": variant,
-                "env_steps": ppo_cfg.batch_size * ppo_cfg.iterations,
-                "train_seconds": train_s,
-                "eval_seconds": time.perf_counter() - t1,
-                "iteration_seconds_mean": float(np.mean([r["time_iteration_s"] for r in history])),
-                "final_train_return": history[-1]["episode_return"],
-            }
-        )
-        np.savez_compressed(out / "samples.npz", **arrays)
-        write_json_atomic(out / "metrics.json", metrics)
-    return metrics
+        ),
+        agent.state_dict,
+        agent,
+        (kind, btask, envs, env_cfg, eval_cfg),
+        lambda history: {
+            "env_steps": ppo_cfg.batch_size * ppo_cfg.iterations,
+            "iteration_seconds_mean": float(np.mean([r["time_iteration_s"] for r in history])),
+            "final_train_return": history[-1]["episode_return"],
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------------ sac, s2ac, rpg
@@ -389,7 +404,7 @@ def run_sac(method: str, argv: list[str]) -> dict:
 
     from mepoly_il.eval.rl_eval import EvalView, variant_name
     from mepoly_il.rl.sac import TwinQ, make_actor, train_sac
-    from mepoly_il.utils import atomic_path, check_output_path, write_json_atomic
+    from mepoly_il.utils import check_output_path
 
     ns, kind, task, (sac_cfg, actor_cfg, env_cfg, eval_cfg) = parse_method(method, argv)
     if method == "s2ac" and sac_cfg.autotune:
@@ -443,33 +458,21 @@ def run_sac(method: str, argv: list[str]) -> dict:
         "torch_threads": torch.get_num_threads(),
         "command": f"mepoly-il rl {method} " + " ".join(sys.argv[3:]),
     }
-    with atomic_path(ns.out, overwrite=ns.overwrite) as out:
-        out.mkdir(parents=True)
-        write_json_atomic(out / "config.json", config)
-        t0 = time.perf_counter()
-        history = train_sac(actor, critic, envs, sac_cfg, ns.seed, log_dir=out, on_log=_progress_printer(ns))
-        train_s = time.perf_counter() - t0
-        (out / "checkpoints").mkdir()
-        torch.save({"actor": actor.state_dict(), "critic": critic.state_dict()}, out / "checkpoints" / "final.pt")
-        t1 = time.perf_counter()
-        metrics, arrays = _evaluate(EvalView(actor), kind, btask, envs, env_cfg, eval_cfg, ns.seed)
-        metrics.update(
-            {
-                "env": ns.env,
-                "head": head_name,
-                "seed": ns.seed,
-                "method": method,
-                "variant": variant,
-                "env_steps": history[-1]["env_steps"],
-                "train_seconds": train_s,
-                "eval_seconds": time.perf_counter() - t1,
-                "final_train_return": history[-1]["episode_return"],
-                "final_alpha": history[-1]["alpha"],
-            }
-        )
-        np.savez_compressed(out / "samples.npz", **arrays)
-        write_json_atomic(out / "metrics.json", metrics)
-    return metrics
+    labels = {"env": ns.env, "head": head_name, "seed": ns.seed, "method": method, "variant": variant}
+    return _record_run(
+        ns,
+        config,
+        labels,
+        lambda out: train_sac(actor, critic, envs, sac_cfg, ns.seed, log_dir=out, on_log=_progress_printer(ns)),
+        lambda: {"actor": actor.state_dict(), "critic": critic.state_dict()},
+        EvalView(actor),
+        (kind, btask, envs, env_cfg, eval_cfg),
+        lambda history: {
+            "env_steps": history[-1]["env_steps"],
+            "final_train_return": history[-1]["episode_return"],
+            "final_alpha": history[-1]["alpha"],
+        },
+    )
 
 
 def _progress_printer(ns):
