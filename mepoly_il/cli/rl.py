@@ -203,15 +203,22 @@ def _evaluate(agent, kind: str, btask, envs, env_cfg, eval_cfg, seed: int) -> tu
     return eval_smoothworld(agent, envs, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
 
 
-def _record_run(ns, config: dict, labels: dict, train, weights, policy, evaluation: tuple, summarize) -> dict:
-    """One run folder, the same for every trainer: config.json, training (``train(out) -> history``), the final
-    weights (``weights()``), evaluation of ``policy``, samples.npz and metrics.json (``labels`` plus timings plus
-    ``summarize(history)``). ``evaluation`` is ``(kind, btask, envs, env_cfg, eval_cfg)``."""
+def _record_run(ns, config: dict, variant: str, train, weights, policy, evaluation: tuple, summarize) -> dict:
+    """One run folder, the same for every trainer: config.json (``config`` plus threads and command), training
+    (``train(out) -> history``), the final weights (``weights()``), evaluation of ``policy``, samples.npz and
+    metrics.json (the run's labels, timings and ``summarize(history)``). ``evaluation`` is
+    ``(kind, btask, envs, env_cfg, eval_cfg)``."""
     import numpy as np
     import torch
 
     from mepoly_il.utils import atomic_path, write_json_atomic
 
+    config = {
+        **config,
+        "torch_threads": torch.get_num_threads(),
+        "command": f"mepoly-il rl {config['method']} " + " ".join(sys.argv[3:]),
+    }
+    labels = {**{k: config[k] for k in ("env", "head", "seed", "method")}, "variant": variant}
     with atomic_path(ns.out, overwrite=ns.overwrite) as out:
         out.mkdir(parents=True)
         write_json_atomic(out / "config.json", config)
@@ -260,14 +267,11 @@ def _ppo_run(ns, head_name, ppo_cfg, head_cfg, env_cfg, eval_cfg, method: str, v
         "max_steps": env_cfg.max_steps if kind == "smoothworld" else None,
         "head_config": asdict(head_cfg),
         "eval": asdict(eval_cfg),
-        "torch_threads": torch.get_num_threads(),
-        "command": f"mepoly-il rl {method} " + " ".join(sys.argv[3:]),
     }
-    labels = {"env": ns.env, "head": head_name, "seed": ns.seed, "method": method, "variant": variant}
     return _record_run(
         ns,
         config,
-        labels,
+        variant,
         lambda out: train_ppo(
             agent,
             envs,
@@ -455,14 +459,11 @@ def run_sac(method: str, argv: list[str]) -> dict:
         "max_steps": env_cfg.max_steps if kind != "bandit" else None,
         ("head_config" if method == "sac" else "s2ac"): asdict(actor_cfg),
         "eval": asdict(eval_cfg),
-        "torch_threads": torch.get_num_threads(),
-        "command": f"mepoly-il rl {method} " + " ".join(sys.argv[3:]),
     }
-    labels = {"env": ns.env, "head": head_name, "seed": ns.seed, "method": method, "variant": variant}
     return _record_run(
         ns,
         config,
-        labels,
+        variant,
         lambda out: train_sac(actor, critic, envs, sac_cfg, ns.seed, log_dir=out, on_log=_progress_printer(ns)),
         lambda: {"actor": actor.state_dict(), "critic": critic.state_dict()},
         EvalView(actor),
