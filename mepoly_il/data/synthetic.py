@@ -43,18 +43,22 @@ def make_synthetic_dataset(
             actions.append(a)
             s = 0.92 * s + b @ a + 0.02 * rng.normal(size=obs_dim)
         episodes.append(Episode(state=np.stack(states), action=np.stack(actions), seed=i))
-    provenance = {
+    return write_dataset(path, episodes, _provenance(env_id, length[1], "synthetic"), overwrite=overwrite)
+
+
+def _provenance(env_id: str, max_episode_steps: int, source_file: str) -> dict:
+    """What a synthetic dataset says about where it came from (no simulator: ``sim_backend`` "none")."""
+    return {
         "source": "synthetic",
         "env_id": env_id,
         "obs_mode": "state",
         "control_mode": "pd_ee_delta_pos",
         "sim_backend": "none",
         "control_freq": 20,
-        "max_episode_steps": int(length[1]),
-        "source_file": "synthetic",
+        "max_episode_steps": int(max_episode_steps),
+        "source_file": source_file,
         "source_sha256": "",
     }
-    return write_dataset(path, episodes, provenance, overwrite=overwrite)
 
 
 def make_bimodal_dataset(
@@ -86,15 +90,5 @@ def make_bimodal_dataset(
             actions.append(m * 0.6 * direction + 0.02 * rng.normal(size=act_dim))
             s = 0.9 * s + 0.1 * rng.normal(size=obs_dim)
         episodes.append(Episode(state=np.stack(states), action=np.stack(actions), seed=i))
-    provenance = {
-        "source": "synthetic",
-        "env_id": env_id,
-        "obs_mode": "state",
-        "control_mode": "pd_ee_delta_pos",
-        "sim_backend": "none",
-        "control_freq": 20,
-        "max_episode_steps": int(length),
-        "source_file": "synthetic-bimodal",
-        "source_sha256": "",
-    }
+    provenance = _provenance(env_id, length, "synthetic-bimodal")
     return write_dataset(path, episodes, provenance, overwrite=overwrite), modes
