@@ -38,6 +38,7 @@ EPISODES=${EPISODES:-20}        # D2 (paper: 100)
 EVAL_EVERY=${EVAL_EVERY:-1000}  # D3 (paper: 5000)
 EVAL_ENVS=${EVAL_ENVS:-2}       # D4 (paper: 10)
 FINAL_EVAL=${FINAL_EVAL:-1}     # D6 when 0
+FINAL_EPISODES=${FINAL_EPISODES:-$EPISODES}  # episodes of the final evaluation of each last.ckpt (paper: 100)
 RUNS=${RUNS:-runs_cpu}
 OUT=${OUT:-eval/results/table1_cpu}
 MEPOLY_IL=${MEPOLY_IL:-mepoly-il}
@@ -75,7 +76,7 @@ for task in $TASKS; do
         [[ "$FINAL_EVAL" == 0 ]] && continue
         for method in $METHODS; do
             # one 128x128 video each (CPU rendering: ~15 s to start, then ~0.05-0.1 s per frame)
-            run "$MEPOLY_IL" eval run "$(last_ckpt "$RUNS/$method/$task/seed$seed")" --episodes "$EPISODES" \
+            run "$MEPOLY_IL" eval run "$(last_ckpt "$RUNS/$method/$task/seed$seed")" --episodes "$FINAL_EPISODES" \
                 --num-envs "$EVAL_ENVS" --video 1 --out "$RUNS/$method/$task/seed$seed/final_eval"
         done
     done
