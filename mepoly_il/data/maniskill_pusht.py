@@ -82,6 +82,7 @@ STICK_RADIUS = 0.008  # the panda_stick's collision cylinder
 #: control step, for small and large steps alike (measured on the CPU simulator), so actions are scaled by 1/0.39.
 _TRACKING = 0.39
 _Z_CLEAR = 0.055  # tip height above which the stick clears the T (top at 0.041) with margin
+_Z_PUSH = 0.03  # tip height below which the stick touches the T's side (higher, it may rest on the T's top edge)
 
 
 def _area_stats() -> tuple[np.ndarray, float]:
@@ -113,6 +114,7 @@ class ExpertOptions:
     approach_overhead: float = 6.0  #: control steps added to every approach (settling) when scoring pushes
     approach_speed: float = 0.035  #: stick speed when moving between contacts
     push_speed: float = 0.02  #: stick speed when pushing far from the goal (slower near it)
+    descend_speed: float = 0.012  #: stick speed when coming down to a contact
     z_low: float = 0.02  #: stick tip height when pushing (the T is 4 cm tall)
     z_high: float = 0.07  #: stick tip height when crossing over the T
     clearance: float = 0.012  #: gap between the stick and the T at the pre-contact point
@@ -133,7 +135,7 @@ class ExpertOptions:
             raise UserError(f"rho_model={self.rho_model}: must be in [0.01, 0.5] m")
         if not 0.0 < self.friction_deg < 90.0:
             raise UserError(f"friction_deg={self.friction_deg}: must be in (0, 90)")
-        for name in ("approach_speed", "push_speed", "clearance"):
+        for name in ("approach_speed", "push_speed", "descend_speed", "clearance"):
             v = getattr(self, name)
             if not 0.0 < v <= 0.1:
                 raise UserError(f"{name}={v}: must be in (0, 0.1] m (the controller moves at most 0.1 m a step)")
@@ -176,24 +178,32 @@ def _seg_dist(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(p[..., None, :] - (a + t[..., None] * ab), axis=-1)
 
 
-def _path_clear(a: np.ndarray, b: np.ndarray, margin: float) -> bool:
-    """Whether the body-frame segment ``a``-``b`` keeps ``margin`` away from the T's outline.
+def _paths_clear(a: np.ndarray, b: np.ndarray, margin: float) -> np.ndarray:
+    """Whether the body-frame segments from ``a`` (2,) to each of ``b`` (K, 2) keep ``margin`` away from the T's
+    outline: (K,) bool.
 
     Both ends are outside the T (the tip never is inside it), so keeping clear of the outline keeps clear of the T.
     """
-    v0, v1 = TEE_OUTLINE, np.roll(TEE_OUTLINE, -1, axis=0)
-    d = b - a
-    e = v1 - v0
-    den = d[0] * e[:, 1] - d[1] * e[:, 0]
-    w = v0 - a
+    v0, v1 = TEE_OUTLINE, np.roll(TEE_OUTLINE, -1, axis=0)  # (S, 2)
+    d = (b - a)[:, None, :]  # (K, 1, 2)
+    e = (v1 - v0)[None]  # (1, S, 2)
+    w = (v0 - a)[None]
+    den = d[..., 0] * e[..., 1] - d[..., 1] * e[..., 0]  # (K, S)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = (w[:, 0] * e[:, 1] - w[:, 1] * e[:, 0]) / den
-        s = (w[:, 0] * d[1] - w[:, 1] * d[0]) / den
-    if np.any((np.abs(den) > 1e-12) & (t >= 0) & (t <= 1) & (s >= 0) & (s <= 1)):
-        return False  # crosses the outline
+        t = (w[..., 0] * e[..., 1] - w[..., 1] * e[..., 0]) / den
+        s = (w[..., 0] * d[..., 1] - w[..., 1] * d[..., 0]) / den
+    crosses = ((np.abs(den) > 1e-12) & (t >= 0) & (t <= 1) & (s >= 0) & (s <= 1)).any(1)
     # non-crossing segments: the closest pair involves an end point of one of them
-    ends = np.concatenate([_seg_dist(np.stack([a, b]), v0, v1).ravel(), _seg_dist(v0, a[None], b[None]).ravel()])
-    return bool(ends.min() >= margin)
+    ends = np.minimum(_seg_dist(a, v0, v1).min(), _seg_dist(b, v0, v1).min(1))  # segment ends to the outline
+    dd = (d * d).sum(-1)  # (K, 1)
+    tv = np.clip(((v0[None] - a) * d).sum(-1) / np.maximum(dd, 1e-18), 0.0, 1.0)  # (K, S)
+    verts = np.linalg.norm(v0[None] - (a + tv[..., None] * d), axis=-1).min(1)  # outline vertices to the segments
+    return ~crosses & (np.minimum(ends, verts) >= margin)
+
+
+def _path_clear(a: np.ndarray, b: np.ndarray, margin: float) -> bool:
+    """:func:`_paths_clear` for one segment ``a``-``b``."""
+    return bool(_paths_clear(a, b[None], margin)[0])
 
 
 def _inside(p: np.ndarray) -> bool:
@@ -276,16 +286,6 @@ class _Planner:
         ok &= clear
         self.u, self.h, self.contact, self.face, self.pre = u[ok], h[ok], contact[ok], face[ok], pre[ok]
 
-    def candidates(self, current: _Push | None) -> tuple[np.ndarray, ...]:
-        u, h, contact, face, pre = self.u, self.h, self.contact, self.face, self.pre
-        if current is not None:
-            u = np.vstack([u, current.u])
-            h = np.append(h, current.h)
-            contact = np.vstack([contact, current.contact])
-            face = np.append(face, current.face)
-            pre = np.vstack([pre, current.contact - (STICK_RADIUS + self.opts.clearance) * current.u])
-        return u, h, contact, face, pre
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # the expert
@@ -340,23 +340,21 @@ def pose_error(env) -> tuple[float, float]:
 
 
 _STALL_STEPS = 6  # a push that makes no progress for this many steps is dropped
-
-
-def _key(u: np.ndarray, h: float) -> tuple[float, float, float]:
-    return (round(float(u[0]), 4), round(float(u[1]), 4), round(float(h), 4))
+_APPROACH_STEPS = 30  # so is a push whose contact was not reached in this many steps
 
 
 class _Expert:
     def __init__(self, opts: ExpertOptions, rng: np.random.Generator) -> None:
         self.opts, self.rng = opts, rng
         self.planner = _Planner(opts)
-        self.current: _Push | None = None
+        self.current: int | None = None  # index of the push in progress among the planner's candidates
         self.pushes: list[dict[str, Any]] = []
         self.lifts = 0
         self._lifted = False
         self.tip_q0: np.ndarray | None = None
-        self.banned: dict[tuple, int] = {}  # push key -> step until which it is not chosen (it stalled)
-        self.history: list[tuple[float, np.ndarray, bool]] = []  # (pose error, tip, engaged) since the push began
+        self.ban_until = np.full(len(self.planner.u), -1)  # step until which a push is not chosen (it stalled)
+        #: (pose error, tip position, engaged) per step since the push in progress began
+        self.history: list[tuple[float, np.ndarray, bool]] = []
 
     def act(self, state: dict[str, Any], step: int) -> np.ndarray:
         o = self.opts
@@ -370,15 +368,16 @@ class _Expert:
         # the tip in the T's frame (the planner works there)
         tip_b = R.T @ (tip[:2] - tp)
 
-        u, h, contact, face, pre = self.planner.candidates(self.current)
-        # predicted motion for pusher advance L along u (sticking contact, ellipsoidal limit surface)
+        pl = self.planner
+        u, h, contact, pre = pl.u, pl.h, pl.contact, pl.pre
+        # predicted motion for pusher advance L along u (force along the line of action, ellipsoidal limit surface)
         push_v = float(np.clip(err * 0.25, 0.004, o.push_speed))
         Ls = np.linspace(1.0, 12.0, 12)[None, :] * push_v  # up to 12 steps of pushing
         r2 = o.rho_model**2
         alpha = Ls / (1.0 + h**2 / r2)[:, None]
         dth_pred = alpha * (h / r2)[:, None]
-        mid = tth + 0.5 * dth_pred
         dx_b = alpha[..., None] * u[:, None, :]  # centroid shift in the T frame
+        mid = tth + 0.5 * dth_pred
         cm, sm = np.cos(mid), np.sin(mid)
         dx_w = np.stack([cm * dx_b[..., 0] - sm * dx_b[..., 1], sm * dx_b[..., 0] + cm * dx_b[..., 1]], -1)
         new_c = c_w + dx_w
@@ -388,53 +387,50 @@ class _Expert:
         dist_pre = np.linalg.norm(pre - tip_b, axis=1)
         lateral = np.abs((tip_b - contact)[:, 0] * u[:, 1] - (tip_b - contact)[:, 1] * u[:, 0])
         behind = ((contact - tip_b) * u).sum(1)
-        engaged = (lateral < 0.006) & (behind > -0.004) & (behind < STICK_RADIUS + o.clearance + 0.01) & (tip[2] < 0.04)
+        on_line = (lateral < 0.006) & (behind > -0.004) & (behind < STICK_RADIUS + o.clearance + 0.01)
+        engaged = on_line & (tip[2] < _Z_PUSH)
         approach = np.where(engaged, 0.0, dist_pre / o.approach_speed + o.approach_overhead)
         steps = approach[:, None] + np.arange(1, Ls.shape[1] + 1)[None, :]
         score = gain / steps
         best_l = score.argmax(1)
         best = score[np.arange(len(score)), best_l]
-        if self.banned:
-            keys = [_key(uu, hh) for uu, hh in zip(u, h)]
-            best = np.where([self.banned.get(k, -1) >= step for k in keys], -np.inf, best)
+        # a push that stalls (the stick jammed, or blocked on its way) is banned for a while
+        cur = self.current
+        if cur is not None and len(self.history) >= _STALL_STEPS:
+            (e0, d0, _), (e1, d1, eng1) = self.history[-_STALL_STEPS], self.history[-1]
+            if eng1:
+                stalled = e0 - e1 < 0.001
+            else:  # blocked, or an approach that takes far longer than crossing the workspace does
+                stalled = np.linalg.norm(d1 - d0) < 0.003 or len(self.history) >= _APPROACH_STEPS
+            if stalled:
+                self.ban_until[cur] = step + 20
+        best = np.where(self.ban_until >= step, -np.inf, best)
         # approach cost of crossing over the T, only for the few best (path checks are the slow part)
         order = np.argsort(-best)[:12]
-        for i in order:
-            if not engaged[i] and not _path_clear(tip_b, pre[i], STICK_RADIUS + 0.004):
-                best[i] = gain[i, best_l[i]] / (steps[i, best_l[i]] + 2 * (o.z_high - o.z_low) / 0.02)
-        # a push that stalls (the stick jammed, or blocked on its way) is banned for a while
-        if self.current is not None and len(self.history) >= _STALL_STEPS:
-            (e0, t0, _), (e1, t1, eng1) = self.history[-_STALL_STEPS], self.history[-1]
-            stalled = e0 - e1 < 0.001 if eng1 else np.linalg.norm(t1 - t0) < 0.003
-            if stalled:
-                self.banned[_key(self.current.u, self.current.h)] = step + 20
-                best[-1] = -np.inf
+        order = order[~engaged[order]]
+        blocked = ~_paths_clear(tip_b, pre[order], STICK_RADIUS + 0.004)
+        i = order[blocked]
+        best[i] = gain[i, best_l[i]] / (steps[i, best_l[i]] + 2 * (o.z_high - o.z_low) / 0.02)
         top = best.max()
-        chosen: int
-        cur_idx = len(best) - 1 if self.current is not None else None
-        if cur_idx is not None and best[cur_idx] >= (1.0 - o.switch_tol) * top and best[cur_idx] > 0:
-            chosen = cur_idx
+        if cur is not None and best[cur] >= (1.0 - o.switch_tol) * top and best[cur] > 0:
+            chosen = cur
         else:
             near = np.flatnonzero(best >= top - abs(top) * o.tie_tol)
             chosen = int(self.rng.choice(near)) if len(near) > 1 else int(best.argmax())
-        push = _Push(u[chosen].copy(), float(h[chosen]), contact[chosen].copy(), int(face[chosen]))
-        if (
-            self.current is None
-            or chosen != cur_idx
-            and not (np.allclose(push.u, self.current.u) and abs(push.h - self.current.h) < 1e-9)
-        ):
-            self.current = push
+        if chosen != cur:
+            self.current = chosen
             self.history = []
             self.pushes.append(
                 {
                     "step": step,
-                    "face": FACE_NAMES[push.face],
-                    "turn": "ccw" if push.h > 1e-9 else ("cw" if push.h < -1e-9 else "none"),
-                    "contact_x": float(push.contact[0]),
+                    "face": FACE_NAMES[pl.face[chosen]],
+                    "turn": "ccw" if h[chosen] > 1e-9 else ("cw" if h[chosen] < -1e-9 else "none"),
+                    "contact_x": float(contact[chosen, 0]),
                     "heading_error": abs(dth),
                 }
             )
         self.history.append((err, tip.copy(), bool(engaged[chosen])))
+        push = _Push(u[chosen], float(h[chosen]), contact[chosen], int(pl.face[chosen]))
         return self._move(push, engaged[chosen], tip, state["tip_q"], tp, R, push_v)
 
     def _move(self, push, engaged, tip, tip_q, tp, R, push_v) -> np.ndarray:
@@ -447,24 +443,30 @@ class _Expert:
             target = np.append(contact_w - STICK_RADIUS * u_w + push_v * u_w, o.z_low)
             speed = 2.0 * push_v
         else:
+            speed = o.approach_speed
             tip_b = R.T @ (tip[:2] - tp)
             pre_b = push.contact - (STICK_RADIUS + o.clearance) * push.u
             low = tip[2] < _Z_CLEAR
             v0, v1 = TEE_OUTLINE, np.roll(TEE_OUTLINE, -1, axis=0)
-            over = _inside(tip_b) or _seg_dist(tip_b[None], v0, v1).min() < STICK_RADIUS + 0.002
+            over = _inside(tip_b) or _seg_dist(tip_b[None], v0, v1).min() < STICK_RADIUS + 0.001
+            # above the pre-contact point the stick only comes down (a path check there, with its margin, could
+            # send it up again: the stick would bob up and down forever)
+            at_pre = np.linalg.norm(tip_b - pre_b) < 0.012
             if low and over:  # came down on (or at the edge of) the T: straight up again
                 target = np.append(tip[:2], o.z_high)
-            elif low and not _path_clear(tip_b, pre_b, STICK_RADIUS + 0.004):
+            elif low and not at_pre and not _path_clear(tip_b, pre_b, STICK_RADIUS + 0.004):
                 if not self._lifted:
                     self.lifts += 1
                     self._lifted = True
                 target = np.append(tip[:2], o.z_high)  # rise first, then cross
-            elif not low and np.linalg.norm(tip[:2] - pre_w) > 0.004:
+            elif not low and np.linalg.norm(tip[:2] - pre_w) > 0.012:
                 target = np.append(pre_w, o.z_high)
             else:
                 self._lifted = False
                 target = np.append(pre_w, o.z_low)
-            speed = o.approach_speed
+                if tip[2] > o.z_low + 0.01:
+                    # a fast descent swings the tip sideways (by up to 2 cm, onto the T's edge): come down slowly
+                    speed = o.descend_speed
         delta = target - tip
         n = np.linalg.norm(delta)
         if n > speed:
@@ -512,7 +514,10 @@ def solve_pusht(
         rng = np.random.default_rng([seed if seed is not None else 0, 0x7054])
     elif not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
-    env.reset(seed=seed)
+    # A freshly built scene, as evaluation (reconfiguration_freq=1) and the dataset's replay use: on a reused scene
+    # PhysX keeps contact caches across resets, so the same seed and actions could end elsewhere, and a closed-loop
+    # demo would depend on the attempts this env made before it.
+    env.reset(seed=seed, options={"reconfigure": True})
     expert = _Expert(opts, rng)
     actions = []
     res = None
