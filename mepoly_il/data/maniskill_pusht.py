@@ -551,3 +551,35 @@ def strategy_summary(record: dict[str, Any]) -> dict[str, Any]:
         "lifts": int(record["lifts"]),
         "steps": int(len(record["actions"])),
     }
+
+
+#: Where PushT-v1's flat ``state`` observation (31,) keeps the stick tip's position and the T's pose (position,
+#: quaternion wxyz): agent qpos (7) and qvel (7), then tcp pose (7), goal position (3), T pose (7).
+_OBS_TIP = slice(14, 17)
+_OBS_TEE = slice(24, 31)
+_TOUCH = STICK_RADIUS + 0.004  # tip-to-outline distance at which the stick counts as touching the T
+
+
+def pusht_mode(states: np.ndarray) -> str:
+    """The strategy of one PushT episode from its state observations ``states`` (T, 31): the half of the T, in the
+    T's own frame, that the stick touched first: ``"+x"`` or ``"-x"`` (the two arms of the crossbar and the sides of
+    the stem), ``"centre"`` (within 1 cm of the T's axis: the middle of the crossbar's back or the stem's end), or
+    ``"none"`` if it never touched the T."""
+    states = np.asarray(states, dtype=np.float64)
+    if states.ndim != 2 or states.shape[1] != 31:
+        raise ValueError(f"pusht_mode: states must be (T, 31) PushT-v1 state observations, got {states.shape}")
+    tip, tee = states[:, _OBS_TIP], states[:, _OBS_TEE]
+    yaw = 2.0 * np.arctan2(tee[:, 6], tee[:, 3])
+    c, s = np.cos(yaw), np.sin(yaw)
+    d = tip[:, :2] - tee[:, :2]
+    tip_b = np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], 1)  # R(yaw)^T d
+    v0, v1 = TEE_OUTLINE, np.roll(TEE_OUTLINE, -1, axis=0)
+    dist = _seg_dist(tip_b, v0, v1)  # (T, 8)
+    touching = np.flatnonzero((dist.min(1) < _TOUCH) & (tip[:, 2] < _Z_PUSH))
+    if len(touching) == 0:
+        return "none"
+    t = touching[0]
+    f = int(dist[t].argmin())
+    ab = v1[f] - v0[f]
+    x = v0[f, 0] + np.clip(((tip_b[t] - v0[f]) @ ab) / (ab @ ab), 0.0, 1.0) * ab[0]  # nearest outline point's x
+    return "+x" if x > 0.01 else ("-x" if x < -0.01 else "centre")

@@ -35,6 +35,8 @@ def summarize(rows: list[dict], wall: float, opts: dict) -> dict:
         "success_rate": len(ok) / len(rows),
         "demo_length_mean": float(np.mean([r["steps"] for r in ok])) if ok else None,
         "demo_length_min_max": [min(r["steps"] for r in ok), max(r["steps"] for r in ok)] if ok else None,
+        "demo_length_pct10_25_50_75_90": np.percentile([r["steps"] for r in ok], pct).tolist() if ok else None,
+        "successes_within_steps_50_75_100_125_150": [sum(r["steps"] <= n for r in ok) for n in (50, 75, 100, 125, 150)],
         "seconds_per_attempt": float(np.mean([r["seconds"] for r in rows])),
         "cpu_seconds_per_demo": float(sum(r["seconds"] for r in rows) / max(1, len(ok))),
         "wall_seconds": wall,
@@ -52,6 +54,8 @@ def summarize(rows: list[dict], wall: float, opts: dict) -> dict:
         "first_face_kept": dict(Counter(r["first_face"] for r in ok)),
         "first_side_kept": dict(Counter(r["first_side"] for r in ok)),
         "first_turn_kept": dict(Counter(r["first_turn"] for r in ok)),
+        "pusht_mode_kept": dict(Counter(r["mode"] for r in ok)),
+        "pusht_mode_all": dict(Counter(r["mode"] for r in rows)),
         "pushes_mean_kept": float(np.mean([r["pushes"] for r in ok])) if ok else None,
         "lifts_mean_kept": float(np.mean([r["lifts"] for r in ok])) if ok else None,
     }
@@ -73,8 +77,11 @@ def main() -> None:
         _write(args.out, summary, rows)
         return
 
+    import gc
+
     import gymnasium as gym
     import mani_skill.envs  # noqa: F401
+    import numpy as np
     import torch
 
     from mepoly_il.data import maniskill_pusht as mp
@@ -85,14 +92,31 @@ def main() -> None:
         k, v = kv.split("=")
         opts[k] = int(v) if k in ("max_steps", "n_dirs", "n_offsets") else float(v)
     a, b = (int(x) for x in args.seeds.split(":"))
+
+    class KeepObs(gym.Wrapper):
+        """Keeps the episode's state observations (for ``pusht_mode``)."""
+
+        def reset(self, **kw):
+            obs, info = self.env.reset(**kw)
+            self.obs = [obs[0].numpy()]
+            return obs, info
+
+        def step(self, action):
+            res = self.env.step(action)
+            self.obs.append(res[0][0].numpy())
+            return res
+
     env = gym.make(
         mp.ENV_ID,
-        obs_mode="none",
+        obs_mode="state",
         control_mode=mp.CONTROL_MODE,
         sim_backend="physx_cpu",
         reward_mode="sparse",
         max_episode_steps=mp.MAX_STEPS,
     )
+    env = KeepObs(env)
+    gc.collect()
+    gc.freeze()  # as the demo workers do: keeps the full collection of every scene rebuild cheap
     rows = []
     t_all = time.perf_counter()
     for seed in range(a, b):
@@ -111,6 +135,7 @@ def main() -> None:
             "final_dist": d1,
             "final_heading_err": th1,
             "seconds": dt,
+            "mode": mp.pusht_mode(np.stack(env.obs)),
             **mp.strategy_summary(rec),
         }
         rows.append(row)
