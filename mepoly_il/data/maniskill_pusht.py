@@ -23,13 +23,22 @@ The idea, from quasi-static planar pushing:
   block when another contact is clearly better.
 * **Reaching a contact without disturbing the block.** The stick goes straight to the pre-contact point (behind the
   contact, on the line of action) when that path keeps clear of the T's footprint; otherwise it rises above the T
-  (its top is at 4 cm, the stick is a 0.8 cm-radius cylinder), crosses, and comes down behind the contact.
+  (its top is at 4 cm, the stick is a 0.8 cm-radius cylinder), crosses, and comes down behind the contact. It comes
+  down slowly (a fast descent in ``pd_ee_delta_pose`` swings the tip sideways by up to 2 cm, onto the T's edge), and
+  once above the pre-contact point it only comes down: with separate thresholds for "rise" and "descend" the stick
+  could bob up and down forever. A tip resting on the T's top edge is not a contact.
 * **Keeping out of trouble.** A push that makes no progress for a few steps (the stick jammed in the T's inner
-  corner, or was blocked on its way) is dropped and not chosen again for a while; the stick is turned back to vertical
-  every step, because contacts tilt it and a tilted hand catches the T.
+  corner, or was blocked on its way), or whose contact is not reached within the time a crossing of the workspace
+  takes, is dropped and not chosen again for a while; the stick is turned back to vertical every step, because
+  contacts tilt it and a tilted hand catches the T.
+* **Reproducible.** Every attempt starts from a freshly built scene (``reset`` with ``reconfigure``), as evaluation
+  with ``reconfiguration_freq=1`` and the dataset conversion's replay do: a reused PhysX scene keeps contact caches
+  across resets, so the same seed and actions would otherwise depend on the attempts made before in that env.
 * **Diversity.** Where several pushes score about the same (which face, which side of the T, turning one way or
   the other when the heading error is near 180 degrees), the expert picks one at random with a per-demo seeded
-  generator, so demos from different seeds show different strategies; :func:`strategy_summary` describes them.
+  generator, so demos from different seeds show different strategies; :func:`strategy_summary` describes them from
+  the expert's record, :func:`pusht_mode` labels any episode from its state observations (the half of the T that the
+  stick touched first).
 
 :func:`solve_pusht` has the calling convention of ManiSkill's motion-planning solutions (``solve(env, seed=...,
 debug=..., vis=...)`` returning the last ``env.step`` result), so a demo worker can call it in their place.
