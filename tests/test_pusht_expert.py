@@ -110,6 +110,7 @@ def test_pusht_mode_is_the_half_of_the_t_touched_first():
         {"max_steps": 0},
         {"tie_tol": 1.5},
         {"push_speed": 0.5},
+        {"descend_speed": 0.0},
         {"z_high": 0.03},
         {"not_an_option": 1},
     ],
