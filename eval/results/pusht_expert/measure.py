@@ -1,11 +1,11 @@
 """Measure the scripted PushT expert: attempt success, demo length, time, strategy mix, initial-state bias.
 
-One process per core, then merge (the exact commands behind README.md):
+The exact command behind README.md (one simulator process):
 
-    PYTHONPATH=. python eval/results/pusht_expert/measure.py --seeds 0:50 --out /tmp/a.json &
-    PYTHONPATH=. python eval/results/pusht_expert/measure.py --seeds 50:100 --out /tmp/b.json; wait
-    python eval/results/pusht_expert/measure.py --merge /tmp/a.json /tmp/b.json \
+    PYTHONPATH=. OMP_NUM_THREADS=1 python eval/results/pusht_expert/measure.py --seeds 0:100 --verbose \
         --out eval/results/pusht_expert/seeds_0_100.json
+
+Runs over seed ranges can be split across processes and joined with ``--merge A.json B.json --out C.json``.
 """
 
 from __future__ import annotations
