@@ -127,6 +127,7 @@ class ExpertOptions:
     z_low: float = 0.02  #: stick tip height when pushing (the T is 4 cm tall)
     z_high: float = 0.07  #: stick tip height when crossing over the T
     clearance: float = 0.012  #: gap between the stick and the T at the pre-contact point
+    heading_weight: float = 1.0  #: weight of the heading error (x rho) against the centroid distance in the score
 
     def check(self) -> None:
         """Raise :class:`UserError` on a value the expert cannot work with."""
@@ -390,8 +391,9 @@ class _Expert:
         cm, sm = np.cos(mid), np.sin(mid)
         dx_w = np.stack([cm * dx_b[..., 0] - sm * dx_b[..., 1], sm * dx_b[..., 0] + cm * dx_b[..., 1]], -1)
         new_c = c_w + dx_w
-        new_err = np.linalg.norm(g_c - new_c, axis=-1) + RHO * np.abs(_wrap(gth - (tth + dth_pred)))
-        gain = err - new_err  # (N, nL)
+        hw = o.heading_weight * RHO
+        new_err = np.linalg.norm(g_c - new_c, axis=-1) + hw * np.abs(_wrap(gth - (tth + dth_pred)))
+        gain = np.linalg.norm(g_c - c_w) + hw * abs(dth) - new_err  # (N, nL)
         # steps: approach (0 if already on this line of action) + pushing
         dist_pre = np.linalg.norm(pre - tip_b, axis=1)
         lateral = np.abs((tip_b - contact)[:, 0] * u[:, 1] - (tip_b - contact)[:, 1] * u[:, 0])
