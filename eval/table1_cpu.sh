@@ -17,8 +17,8 @@
 #   D7  DP_MAX_STEPS / DP_EVAL_EVERY (default: the config's 3000 / EVAL_EVERY) set DP's budget alone; with
 #       DP_MAX_STEPS=10000 DP_EVAL_EVERY=2000 DP gets about 3x MePoly's training wall time (see
 #       eval/results/table1_cpu/README.md: at 3000 steps every DP seed was still climbing).
-#   D5  PushT-v1 demos come from this package's scripted pushing expert (mepoly_il/data/maniskill_pusht.py: about a
-#       quarter of random starts solved, mostly nearly aligned ones), not the paper's RL expert, and it is evaluated
+#   D5  PushT-v1 demos come from this package's scripted pushing expert (mepoly_il/data/maniskill_pusht.py: 86 of
+#       100 random starts solved; the unsolved ones start turned by more than 90 deg), not the paper's RL expert, and it is evaluated
 #       on physx_cpu (paper: physx_cuda).
 # Unchanged: 100 demos per task (motion planning + replay to pd_ee_delta_pos), state observations, evaluation seeds
 # (block 0), max_episode_steps (PushCube/PickCube 100, StackCube 200), reconfiguration_freq=1, ignore terminations,
