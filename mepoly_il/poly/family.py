@@ -738,10 +738,10 @@ class PolynomialDistribution(Distribution):
         if fam.quadrature_kind == "trapezoid" or not fam.check:
             self.sampler_rows = {"base": rows, "zoomed": 0, "refined": 0}
             return self._sample_sequential(lam, s, int(self._compute()[3].max().item()))
+        coef = torch.nn.functional.pad(lam, (1, 0))
         if self._stats is not None:
             base = self._stats[3] == fam.nodes
         else:
-            coef = torch.nn.functional.pad(lam, (1, 0))
             z_n = fam._grid_pass(coef, "gauss", fam.nodes, False)
             base = (z_n - fam._grid_pass(coef, "gauss", max(1, fam.nodes - 4), False)).abs() <= fam.tol
         out = lam.new_empty(s, rows, d)
@@ -758,13 +758,26 @@ class PolynomialDistribution(Distribution):
             lo, hi, ok = fam._zoom_box(lam[rest])
             put(rest[ok], "zoomed", fam.nodes, (lo[ok], hi[ok]))
             bad = rest[~ok]
-            if bad.numel():
-                if self._stats is not None:
-                    n = int(self._stats[3][bad].max().item())
-                else:
-                    raw = self.raw_natural_params.detach().reshape(-1, fam.num_features)[bad]
-                    n = int(PolynomialDistribution(fam, raw)._compute()[3].max().item())
-                put(bad, "refined", n)
+            if self._stats is not None:
+                for n in torch.unique(self._stats[3][bad]).tolist():
+                    put(bad[self._stats[3][bad] == n], "refined", n)
+            else:  # the ladder of "Under-resolution" for log Z alone (no entropy, no second pass at the level used)
+                cur_n, cur_z = fam.nodes, z_n[bad]
+                while bad.numel():
+                    nxt = fam._next_nodes(cur_n)
+                    if nxt > fam.max_nodes:
+                        warnings.warn(
+                            f"PolynomialDistribution.sample: {bad.numel()} of {rows} rows under-resolved even with "
+                            f"{cur_n} gauss nodes per dim (max_nodes={fam.max_nodes}); sampled on that grid",
+                            QuadratureWarning,
+                            stacklevel=4,
+                        )
+                        put(bad, "refined", cur_n)
+                        break
+                    z_next = fam._grid_pass(coef[bad], "gauss", nxt, False)
+                    done = (z_next - cur_z).abs() <= fam.tol  # |Q_n - Q_1.5n| is the error at n itself
+                    put(bad[done], "refined", cur_n)
+                    bad, cur_z, cur_n = bad[~done], z_next[~done], nxt
         self.sampler_rows = counts
         return out.reshape(s * rows, d)
 
