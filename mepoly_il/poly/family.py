@@ -96,6 +96,9 @@ _AUTO_MAX_NODES = 2**17
 #: more than ``_ZOOM_KEEP`` nats below the largest are left out, and the box's faces must lie ``_ZOOM_FACE_MARGIN``
 #: nats below its highest energy (mass outside then about e^-25 of the total or less, far under ``tol``).
 _ZOOM_KEEP = 30.0
+#: The sampler's conditional log densities are floored this many nats below each row's peak (float32 exp underflows
+#: near -87 to -103); a node that low carries no mass the interpolant could give to a draw.
+_SAMPLE_FLOOR = 120.0
 _ZOOM_FACE_MARGIN = 25.0
 
 
@@ -810,6 +813,8 @@ class PolynomialDistribution(Distribution):
             h = (2 * half / (m - 1)).unsqueeze(-1)  # (B, d, 1)
         coef = torch.nn.functional.pad(lam, (1, 0))[:, None, :]  # (B, 1, R0)
         rest_lw = [fam._rest_log_weights(lw1, n, d - j - 1) for j in range(d)]
+        shift = [float(w.max()) for w in rest_lw]
+        weights = [(w - c).exp().reshape(-1) for w, c in zip(rest_lw, shift, strict=True)]
 
         def cond_logd(cur: torch.Tensor, j: int, reps: int) -> torch.Tensor:
             """cur ``(r, 1, R_j)`` -> log conditional density of x_j on the fine nodes ``(r, M)``."""
@@ -822,8 +827,12 @@ class PolynomialDistribution(Distribution):
             for a in range(0, cur.shape[0], step):
                 tabs = tables if box is None else [t[a : a + step] for t in tables]
                 e = plan.contract(cur[a : a + step], tabs, start=j)[..., 0]
-                e = e.reshape(e.shape[0], m, -1) + rest_lw[j]
-                outs.append(torch.logsumexp(e, dim=-1))
+                # one shift per row instead of a logsumexp per fine node: exp, then a matrix-vector product with
+                # the weights; nodes more than _SAMPLE_FLOOR nats below the row's peak (no mass) are floored there
+                e = e.reshape(e.shape[0], m, -1)
+                top = e.amax(dim=(1, 2))
+                mass = e.sub_(top[:, None, None]).exp_() @ weights[j]
+                outs.append(mass.log_().clamp_(min=-_SAMPLE_FLOOR).add_(top[:, None] + shift[j]))
             return torch.cat(outs)
 
         def spacing(j: int, reps: int):
