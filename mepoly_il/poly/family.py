@@ -47,7 +47,11 @@ nodes including the edges, and x_j is drawn by the exact inverse CDF of its piec
 interpolant (float64 CDF, normalised by its last value). Draws are continuous, edges get their full weight,
 and ``log_prob`` evaluates the density at exactly the drawn point (no clamping), so sampler and density
 differ only by interpolation and quadrature error. ``tests/test_poly.py`` checks this with KS and
-chi-square tests on peaked multimodal densities.
+chi-square tests on peaked multimodal densities. Sampling needs no log Z or entropy, only a grid that resolves
+each row: rows the screen passes use the base rule; Gauss rows it flags are drawn on a box zoomed onto their mass
+(all nodes, fine and quadrature, laid on it), which costs the same as the base rule however narrow the peak is,
+and only rows whose box fails its checks (mass spread over the whole box, e.g. at several edges) go up the x1.5
+ladder; ``dist.sampler_rows`` counts each kind.
 
 Speed and memory. The grid ``log Z`` / entropy pass is one autograd function: rows are processed in blocks whose
 grid energies (about 1 MiB) stay in cache, backward recomputes a block's energies instead of storing them (it
