@@ -22,12 +22,21 @@ def test_bench_latency_quick(tmp_path, capsys):
     assert med["dp-ddpm100"] > med["dp-ddim5"]
     assert res["ratios"]["cpu/b1/mepoly_over_ddpm100"] == pytest.approx(med["mepoly"] / med["dp-ddpm100"])
     assert res["params"]["dp"] > 0 and res["params"]["mepoly_total"] > res["params"]["mepoly_acting"] > 0
+    # the trained (frozen) checkpoint on in-range and out-of-range histories
+    dep = res["input_dependence"]
+    assert [r["kind"] for r in dep["rows"]] == ["data", "zeros", "+3std", "-3std"]
+    for r in dep["rows"]:
+        assert r["inputs"] == 4 and 0 < r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
+    assert dep["worst_over_median"] == pytest.approx(dep["worst_ms"] / dep["rows"][0]["median_ms"])
+    assert "x the in-range median" in table
 
 
 def test_bench_latency_bad_args(tmp_path, capsys):
     assert cli_main(["bench", "latency", "--quick", "--ddim-steps", "0", "--out", str(tmp_path / "x.json")]) == 2
     assert "--ddim-steps 0" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+    assert cli_main(["bench", "latency", "--quick", "--checkpoint", str(tmp_path / "none.ckpt")]) == 2
+    assert "--checkpoint and --data go together" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -7,7 +7,16 @@ across the policies so that load changes on a shared machine hit all of them ali
 the ratios MePoly / DP. Goals (this project's targets for the paper's low-latency claim, §3.2): MePoly <= 1/50 of
 DDPM-100 and <= 1/5 of DDIM-10.
 
+A second table times a *trained* MePoly checkpoint at batch 1 on observation histories of several kinds: windows
+from the dataset it was trained on (in range) and out-of-range ones (all zeros, every state shifted by +3 and -3
+standard deviations of the dataset's states). Out-of-range inputs make the prior peaked, which costs more quadrature;
+the table gives the median and worst case per kind, how the sampler handled the rows (base grid, zoomed box,
+refined grid), and the worst case over all kinds against the in-range median (goal: at most 2x). Without
+``--checkpoint``, the frozen test checkpoint (tests/data/frozen) and the synthetic dataset it was trained on are used.
+
     mepoly-il bench latency                         # paper scale, batch 1 and 10, CPU (+ CUDA if present)
+    mepoly-il bench latency --scale cpu --checkpoint demo_out/il/stage2/checkpoints/last.ckpt \
+        --data demo_out/il/PushCube-v1.zarr         # + a trained CPU-scale checkpoint on its own data
     mepoly-il bench latency --quick                 # tiny models, a smoke test (< 30 s)
 """
 
@@ -30,6 +39,9 @@ from mepoly_il.policies.diffusion.unet import ConditionalUnet1D
 
 #: Goals: MePoly latency as a fraction of each DP variant's.
 GOALS = {"ddpm": 1 / 50, "ddim": 1 / 5}
+#: Goal for the trained checkpoint: worst case over all input kinds at most this times the in-range median.
+WORST_OVER_MEDIAN = 2.0
+FROZEN = Path(__file__).resolve().parents[2] / "tests" / "data" / "frozen" / "mepoly_stage2.ckpt"
 
 #: MePoly sizes when no config is found. "paper": the constructor defaults (paper Appendix A); "quick": tiny.
 MEPOLY_SCALES: dict[str, dict[str, Any]] = {
@@ -199,6 +211,90 @@ def run(
     }
 
 
+def input_histories(data: Path, obs_horizon: int, count: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``count`` observation histories ``(count, To, Ds)`` per kind: dataset windows ("data", within one
+    episode), all zeros, and the same windows shifted by +3 / -3 standard deviations of the dataset's states."""
+    import numpy as np
+
+    from mepoly_il.data.zarr_io import load_arrays
+
+    arrays = load_arrays(data)
+    starts = np.concatenate([[0], arrays.episode_ends[:-1]])
+    ok = [t for a, b in zip(starts, arrays.episode_ends, strict=True) for t in range(int(a), int(b) - obs_horizon + 1)]
+    if not ok:
+        raise UserError(f"--data {data}: no episode has {obs_horizon} steps (the checkpoint's obs_horizon)")
+    picks = np.random.default_rng(seed).choice(ok, size=count, replace=len(ok) < count)
+    real = torch.from_numpy(np.stack([arrays.state[t : t + obs_horizon] for t in picks])).float()
+    std = torch.from_numpy(arrays.state.std(0)).float()
+    return {"data": real, "zeros": torch.zeros_like(real), "+3std": real + 3 * std, "-3std": real - 3 * std}
+
+
+def input_dependence(checkpoint: Path, data: Path, count: int, warmup: int) -> dict[str, Any]:
+    """Batch-1 latency of a trained MePoly checkpoint per input kind, kinds timed round-robin."""
+    from mepoly_il.policies import load_policy
+
+    policy = load_policy(checkpoint)
+    if not hasattr(policy, "prior_dist"):
+        raise UserError(f"--checkpoint {checkpoint}: not a MePoly stage-2 checkpoint (this table times MePoly)")
+    if policy.obs_dim != load_shape(data):
+        raise UserError(
+            f"--data {data}: states have {load_shape(data)} dims, the checkpoint expects {policy.obs_dim}; "
+            f"pass the dataset the checkpoint was trained on"
+        )
+    policy.eval()
+    kinds = input_histories(data, policy.obs_horizon, count)
+    rows_used: dict[str, dict[str, int]] = {}
+    with torch.no_grad():
+        for name, obs in kinds.items():
+            used = {"base": 0, "zoomed": 0, "refined": 0}
+            for i in range(len(obs)):  # how the sampler handled each input (untimed)
+                dist = policy.prior_dist(policy.obs_normalizer.normalize(obs[i : i + 1])).base
+                dist.sample()
+                for k, v in getattr(dist, "sampler_rows", {"base": 1}).items():
+                    used[k] += v
+            rows_used[name] = used
+        for obs in kinds.values():
+            for i in range(min(warmup, len(obs))):
+                policy.predict_action_chunk(obs[i : i + 1])
+    times: dict[str, list[float]] = {name: [] for name in kinds}
+    for i in range(count):
+        for name, obs in kinds.items():
+            t0 = time.perf_counter()
+            policy.predict_action_chunk(obs[i : i + 1])
+            times[name].append(time.perf_counter() - t0)
+    rows = [
+        {
+            "kind": name,
+            "median_ms": 1e3 * statistics.median(t),
+            "p90_ms": 1e3 * sorted(t)[int(0.9 * (len(t) - 1))],
+            "max_ms": 1e3 * max(t),
+            "inputs": len(t),
+            "sampler_rows": rows_used[name],
+        }
+        for name, t in times.items()
+    ]
+    median = rows[0]["median_ms"]
+    worst = max(r["max_ms"] for r in rows)
+    return {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "policy_config": policy.policy_config.to_dict(),
+        "rows": rows,
+        "in_range_median_ms": median,
+        "worst_ms": worst,
+        "worst_over_median": worst / median,
+        "goal_worst_over_median_max": WORST_OVER_MEDIAN,
+        "goal_met": worst / median <= WORST_OVER_MEDIAN,
+    }
+
+
+def load_shape(data: Path) -> int:
+    """State width of a dataset."""
+    from mepoly_il.data.zarr_io import read_info
+
+    return int(read_info(data).obs_dim)
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Markdown table of medians plus the ratio lines."""
     p = result["params"]
@@ -220,6 +316,26 @@ def format_table(result: dict[str, Any]) -> str:
         goal = result["goals"]["mepoly_over_ddpm100_max" if "ddpm" in k else "mepoly_over_ddim_max"]
         ok = "meets" if result["goals_met"][k] else "MISSES"
         lines.append(f"{k}: {v:.4f} (1/{1 / v:.0f}); goal <= 1/{1 / goal:.0f}: {ok}")
+    dep = result.get("input_dependence")
+    if dep:
+        lines += [
+            "",
+            f"trained checkpoint {dep['checkpoint']} on {dep['data']}, batch 1, cpu:",
+            "",
+            "| inputs | median ms | p90 ms | max ms | n | sampler rows (base/zoomed/refined) |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for r in dep["rows"]:
+            u = r["sampler_rows"]
+            lines.append(
+                f"| {r['kind']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['max_ms']:.2f} | {r['inputs']} | "
+                f"{u.get('base', 0)}/{u.get('zoomed', 0)}/{u.get('refined', 0)} |"
+            )
+        ok = "meets" if dep["goal_met"] else "MISSES"
+        lines.append(
+            f"\nworst {dep['worst_ms']:.2f} ms = {dep['worst_over_median']:.2f} x the in-range median; "
+            f"goal <= {dep['goal_worst_over_median_max']:g}x: {ok}"
+        )
     return "\n".join(lines)
 
 
@@ -236,6 +352,9 @@ def benchmark(
     repeats: int = 20,
     ddpm_repeats: int = 5,
     threads: int | None = None,
+    checkpoint: str | None = None,
+    data: str | None = None,
+    inputs: int = 32,
     quick: bool = False,
     out: str = "bench_latency.json",
     command: str = "mepoly-il bench latency",
@@ -254,6 +373,10 @@ def benchmark(
         repeats: timed calls per MePoly/DDIM row
         ddpm_repeats: timed calls per DDPM-100 row (slow)
         threads: torch intra-op threads (default: torch's choice)
+        checkpoint: trained MePoly stage-2 checkpoint for the input-dependence table (default: the frozen test
+            checkpoint with its synthetic dataset)
+        data: dataset (.zarr) the checkpoint was trained on: in-range histories and the states' spread
+        inputs: observation histories per input kind (batch 1 each)
         quick: tiny models, batch 1, few repeats (smoke test)
         out: JSON output path
         command: the command line recorded in the JSON
@@ -265,6 +388,13 @@ def benchmark(
         raise UserError(f"--batch {batch}: batch sizes must be >= 1")
     if not 1 <= ddim_steps <= 100:
         raise UserError(f"--ddim-steps {ddim_steps}: must be in [1, 100] (DP trains with 100 steps)")
+    if (checkpoint is None) != (data is None):
+        raise UserError("--checkpoint and --data go together: the trained checkpoint and the dataset it learned from")
+    if inputs < 1:
+        raise UserError(f"--inputs {inputs}: need at least 1 history per input kind")
+    for flag, path in (("--checkpoint", checkpoint), ("--data", data)):
+        if path is not None and not Path(path).exists():
+            raise UserError(f"{flag} {path}: no such file or directory")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
     devices = ["cpu", "cuda"] if device == "auto" and torch.cuda.is_available() else [device]
@@ -287,6 +417,7 @@ def benchmark(
         repeats,
         ddpm_repeats,
     )
+    result["input_dependence"] = _trained(checkpoint, data, 4 if quick else inputs, 1 if quick else warmup)
     result["command"] = command
     print(format_table(result))
     from mepoly_il.utils import write_json_atomic
@@ -294,3 +425,20 @@ def benchmark(
     write_json_atomic(out, result)
     print(f"\nwrote {out}", file=sys.stderr)
     return 0
+
+
+def _trained(checkpoint: str | None, data: str | None, inputs: int, warmup: int) -> dict[str, Any] | None:
+    """The input-dependence table for ``checkpoint``, or for the frozen test checkpoint when none is given (then on
+    the synthetic dataset it was trained on, rebuilt in a temporary folder); None when neither is available."""
+    if checkpoint is not None and data is not None:
+        return input_dependence(Path(checkpoint), Path(data), inputs, warmup)
+    if not FROZEN.is_file():
+        return None
+    import tempfile
+
+    from mepoly_il.data.synthetic import make_synthetic_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # the frozen checkpoints were trained on this deterministic dataset (tests/test_policies_compat.py)
+        path = make_synthetic_dataset(Path(tmp) / "syn.zarr", num_episodes=6, obs_dim=5, act_dim=3)
+        return input_dependence(FROZEN, path, inputs, warmup)

@@ -47,7 +47,11 @@ nodes including the edges, and x_j is drawn by the exact inverse CDF of its piec
 interpolant (float64 CDF, normalised by its last value). Draws are continuous, edges get their full weight,
 and ``log_prob`` evaluates the density at exactly the drawn point (no clamping), so sampler and density
 differ only by interpolation and quadrature error. ``tests/test_poly.py`` checks this with KS and
-chi-square tests on peaked multimodal densities.
+chi-square tests on peaked multimodal densities. Sampling needs no log Z or entropy, only a grid that resolves
+each row: rows the screen passes use the base rule; Gauss rows it flags are drawn on a box zoomed onto their mass
+(all nodes, fine and quadrature, laid on it), which costs the same as the base rule however narrow the peak is,
+and only rows whose box fails its checks (mass spread over the whole box, e.g. at several edges) go up the x1.5
+ladder; ``dist.sampler_rows`` counts each kind.
 
 Speed and memory. The grid ``log Z`` / entropy pass is one autograd function: rows are processed in blocks whose
 grid energies (about 1 MiB) stay in cache, backward recomputes a block's energies instead of storing them (it
@@ -92,6 +96,14 @@ def _block_rows(grid_nodes: int) -> int:
 
 
 _AUTO_MAX_NODES = 2**17
+#: Sampling peaked rows on a zoomed box (``PolynomialFamily._zoom_box``): base-grid nodes whose marginal log mass is
+#: more than ``_ZOOM_KEEP`` nats below the largest are left out, and the box's faces must lie ``_ZOOM_FACE_MARGIN``
+#: nats below its highest energy (mass outside then about e^-25 of the total or less, far under ``tol``).
+_ZOOM_KEEP = 30.0
+#: The sampler's conditional log densities are floored this many nats below each row's peak (float32 exp underflows
+#: near -87 to -103); a node that low carries no mass the interpolant could give to a draw.
+_SAMPLE_FLOOR = 120.0
+_ZOOM_FACE_MARGIN = 25.0
 
 
 class QuadratureWarning(RuntimeWarning):
@@ -235,6 +247,79 @@ class PolynomialFamily:
             table = basis_table(self.basis, x, self.order).to(dtype)
             self._cache[key] = (x.to(dtype), table, [table] * self.dim)
         return self._cache[key]
+
+    def _table(self, x64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Basis table of float64 points, cast afterwards: ``(...,)`` -> ``(..., K+1)``."""
+        return basis_table(self.basis, x64, self.order).to(dtype)
+
+    def _rest_log_weights(self, lw1: torch.Tensor, n: int, k: int) -> torch.Tensor:
+        """Log-weights of the ``n``-node rule over ``k`` dims, flattened (last fastest): ``(n^k,)``, cached."""
+        key = ("rest_lw", n, k, lw1.dtype, lw1.device)
+        if key not in self._cache:
+            self._cache[key] = grid_log_weights_from_1d(lw1, k)
+        return self._cache[key]
+
+    def _zoom_box(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A box per row holding the mass of a peaked density: lam ``(b, F)`` (clipped) -> lo, hi ``(b, d)``
+        (float64) and ok ``(b,)``.
+
+        From the base Gauss grid (exact energies at its nodes, inexact masses when under-resolved), each dim
+        keeps the nodes whose marginal log mass is within ``_ZOOM_KEEP`` nats of the largest, widened by one
+        node on each side (or to the current edge); a second round does the same with the rule laid on that box.
+        The box is accepted (``ok``) when the base rule laid on it
+        resolves it (``|Q_n - Q_{n-4}| <= tol``, the screen of "Under-resolution") and every face inside
+        ``(-1, 1)^d`` lies ``_ZOOM_FACE_MARGIN`` nats below the box's highest energy, so the mass left outside is
+        far below ``tol`` unless a separate mode hides between the base grid's nodes.
+        """
+        n, d, dtype, dev = self.nodes, self.dim, lam.dtype, lam.device
+        nodes64 = self._grid("gauss", n, torch.float64, dev)[0]
+        _, tables, lw, _ = self._grid("gauss", n, dtype, dev)
+        coef = torch.nn.functional.pad(lam, (1, 0))
+        step = self._rows_per_chunk(n**d, lam.element_size())
+        los, his, oks = [], [], []
+        for a in range(0, lam.shape[0], step):
+            c = coef[a : a + step]
+            b = c.shape[0]
+            lo = torch.full((b, d), -1.0, dtype=torch.float64, device=dev)
+            hi = torch.ones_like(lo)
+            for zoom in range(2):  # the base grid finds the peak, the same rule on that first box sharpens it
+                mid, half = (lo + hi) / 2, (hi - lo) / 2
+                x = mid[..., None] + half[..., None] * nodes64  # (b, d, n)
+                steps = tables if zoom == 0 else [self._table(x[:, j], dtype) for j in range(d)]
+                logp = (self.plan.contract(c[:, None, :], steps)[..., 0] + lw).view(b, *([n] * d))
+                new_lo, new_hi = [], []
+                for j in range(d):
+                    other = tuple(k + 1 for k in range(d) if k != j)
+                    marg = torch.logsumexp(logp, dim=other) if other else logp
+                    keep = marg >= marg.amax(-1, keepdim=True) - _ZOOM_KEEP
+                    first = keep.int().argmax(-1, keepdim=True)
+                    last = n - 1 - keep.flip(-1).int().argmax(-1, keepdim=True)
+                    xj = x[:, j]
+                    new_lo.append(torch.where(first > 0, xj.gather(1, (first - 1).clamp(min=0)), lo[:, j, None]))
+                    new_hi.append(torch.where(last < n - 1, xj.gather(1, (last + 1).clamp(max=n - 1)), hi[:, j, None]))
+                lo, hi = torch.cat(new_lo, -1), torch.cat(new_hi, -1)
+            mid, half = (lo + hi) / 2, (hi - lo) / 2
+            ok = torch.ones(b, dtype=torch.bool, device=dev)
+            z, peak = [], None
+            for nn in (n, max(1, n - 4)):
+                x = self._grid("gauss", nn, torch.float64, dev)[0]
+                box_tables = [self._table(mid[:, j, None] + half[:, j, None] * x, dtype) for j in range(d)]
+                e = self.plan.contract(c[:, None, :], box_tables)[..., 0]
+                z.append(torch.logsumexp(e + self._grid("gauss", nn, dtype, dev)[2], dim=-1))
+                if peak is None:
+                    peak, inner = e.amax(-1), box_tables
+            ok &= (z[0] - z[1]).abs() <= self.tol
+            for j in range(d):
+                for face in (lo[:, j], hi[:, j]):
+                    at_edge = face.abs() >= 1.0
+                    steps = list(inner)
+                    steps[j] = self._table(face[:, None], dtype)
+                    e_face = self.plan.contract(c[:, None, :], steps)[..., 0].amax(-1)
+                    ok &= at_edge | (e_face <= peak - _ZOOM_FACE_MARGIN)
+            los.append(lo)
+            his.append(hi)
+            oks.append(ok)
+        return torch.cat(los), torch.cat(his), torch.cat(oks)
 
     def _rows_per_chunk(self, elements_per_row: int, itemsize: int) -> int:
         return max(1, self.chunk_bytes // max(1, 4 * itemsize * elements_per_row))
@@ -645,48 +730,127 @@ class PolynomialDistribution(Distribution):
                 x = self._sample_sir(lam, s)
             else:
                 with single_thread_for_small_ops(lam.device):
-                    x = self._sample_sequential(lam, s)
+                    x = self._sample_grid(lam, s)
         return x.reshape(*sample_shape, *self.batch_shape, self.family.dim)
 
-    def _sample_sequential(self, lam: torch.Tensor, s: int) -> torch.Tensor:
+    def _sample_grid(self, lam: torch.Tensor, s: int) -> torch.Tensor:
+        """Grid-rule sampling, each row on the cheapest grid that resolves it -> ``(s * B, d)`` (sample-major).
+
+        Rows the base rule resolves (the screen of "Under-resolution") are drawn on it. Gauss rows it does not
+        resolve (peaked densities) are drawn on a box zoomed onto their mass (``PolynomialFamily._zoom_box``), at
+        the cost of the base rule whatever the peak's width; only rows whose box fails its checks go up the
+        refinement ladder. ``self.sampler_rows`` counts the rows of each kind.
+        """
+        fam, rows, d = self.family, lam.shape[0], self.family.dim
+        if fam.quadrature_kind == "trapezoid" or not fam.check:
+            self.sampler_rows = {"base": rows, "zoomed": 0, "refined": 0}
+            return self._sample_sequential(lam, s, int(self._compute()[3].max().item()))
+        coef = torch.nn.functional.pad(lam, (1, 0))
+        if self._stats is not None:
+            base = self._stats[3] == fam.nodes
+        else:
+            z_n = fam._grid_pass(coef, "gauss", fam.nodes, False)
+            base = (z_n - fam._grid_pass(coef, "gauss", max(1, fam.nodes - 4), False)).abs() <= fam.tol
+        out = lam.new_empty(s, rows, d)
+        counts = {"base": 0, "zoomed": 0, "refined": 0}
+
+        def put(idx: torch.Tensor, kind: str, n: int, box=None) -> None:
+            if idx.numel():
+                out[:, idx] = self._sample_sequential(lam[idx], s, n, box).view(s, -1, d)
+                counts[kind] += idx.numel()
+
+        put(torch.nonzero(base).squeeze(1), "base", fam.nodes)
+        rest = torch.nonzero(~base).squeeze(1)
+        if rest.numel():
+            lo, hi, ok = fam._zoom_box(lam[rest])
+            put(rest[ok], "zoomed", fam.nodes, (lo[ok], hi[ok]))
+            bad = rest[~ok]
+            if self._stats is not None:
+                for n in torch.unique(self._stats[3][bad]).tolist():
+                    put(bad[self._stats[3][bad] == n], "refined", n)
+            else:  # the ladder of "Under-resolution" for log Z alone (no entropy, no second pass at the level used)
+                cur_n, cur_z = fam.nodes, z_n[bad]
+                while bad.numel():
+                    nxt = fam._next_nodes(cur_n)
+                    if nxt > fam.max_nodes:
+                        warnings.warn(
+                            f"PolynomialDistribution.sample: {bad.numel()} of {rows} rows under-resolved even with "
+                            f"{cur_n} gauss nodes per dim (max_nodes={fam.max_nodes}); sampled on that grid",
+                            QuadratureWarning,
+                            stacklevel=4,
+                        )
+                        put(bad, "refined", cur_n)
+                        break
+                    z_next = fam._grid_pass(coef[bad], "gauss", nxt, False)
+                    done = (z_next - cur_z).abs() <= fam.tol  # |Q_n - Q_1.5n| is the error at n itself
+                    put(bad[done], "refined", cur_n)
+                    bad, cur_z, cur_n = bad[~done], z_next[~done], nxt
+        self.sampler_rows = counts
+        return out.reshape(s * rows, d)
+
+    def _sample_sequential(self, lam: torch.Tensor, s: int, n: int, box=None) -> torch.Tensor:
         """Conditional inverse CDF, one coordinate at a time -> ``(s * B, d)`` (sample-major rows).
 
         For coordinate j the unnormalised conditional density given the already drawn x_<j is evaluated on
-        ``sample_nodes`` uniform nodes with the later coordinates integrated out by the quadrature rule, and a
-        point is drawn from its piecewise log-linear interpolant. The draw is continuous (no grid lattice),
-        includes the edges with full weight, and its density differs from ``exp(log_prob)`` only by the
-        interpolation and quadrature errors.
+        ``sample_nodes`` uniform nodes including the interval's ends, with the later coordinates integrated out
+        by the ``n``-node rule, and a point is drawn from its piecewise log-linear interpolant. The draw is
+        continuous (no grid lattice), includes the edges with full weight, and its density differs from
+        ``exp(log_prob)`` only by the interpolation and quadrature errors. ``box``: optional per-row
+        ``(lo, hi)``, each ``(B, d)`` float64: every coordinate's nodes (fine and quadrature) are laid on
+        ``[lo_j, hi_j]`` instead of ``[-1, 1]`` (the density outside is taken as zero).
         """
         fam, d, dtype, dev = self.family, self.family.dim, lam.dtype, lam.device
         plan = fam.plan
-        n = int(self._compute()[3].max().item())
+        nodes64 = fam._grid(fam.quadrature_kind, n, torch.float64, dev)[0]
         _, steps, _, lw1 = fam._grid(fam.quadrature_kind, n, dtype, dev)
         _, _, fine_steps = fam._fine(dtype, dev)  # 1-D tables shared by all rows
-        m, h = fam.sample_nodes, 2.0 / (fam.sample_nodes - 1)
+        m = fam.sample_nodes
         rows = lam.shape[0]
+        if box is None:
+            lo, h = torch.full((rows, d), -1.0, dtype=torch.float64, device=dev), 2.0 / (m - 1)
+        else:  # per-row tables on the box (the rule's constant log-weight shift per row cancels in each draw)
+            lo, hi = box
+            mid, half = (lo + hi) / 2, (hi - lo) / 2
+            unit = torch.linspace(0.0, 1.0, m, dtype=torch.float64, device=dev)
+            steps = [fam._table(mid[:, j, None] + half[:, j, None] * nodes64, dtype) for j in range(d)]
+            fine_steps = [fam._table(lo[:, j, None] + 2 * half[:, j, None] * unit, dtype) for j in range(d)]
+            h = (2 * half / (m - 1)).unsqueeze(-1)  # (B, d, 1)
         coef = torch.nn.functional.pad(lam, (1, 0))[:, None, :]  # (B, 1, R0)
-        rest_lw = [grid_log_weights_from_1d(lw1, d - j - 1) for j in range(d)]
+        rest_lw = [fam._rest_log_weights(lw1, n, d - j - 1) for j in range(d)]
+        shift = [float(w.max()) for w in rest_lw]
+        weights = [(w - c).exp().reshape(-1) for w, c in zip(rest_lw, shift, strict=True)]
 
-        def cond_logd(cur: torch.Tensor, j: int) -> torch.Tensor:
+        def cond_logd(cur: torch.Tensor, j: int, reps: int) -> torch.Tensor:
             """cur ``(r, 1, R_j)`` -> log conditional density of x_j on the fine nodes ``(r, M)``."""
+            tables = [fine_steps[j]] + steps[j + 1 :]
+            if box is not None:  # per-row tables follow the sample-major rows of cur
+                tables = [t.repeat(reps, 1, 1) for t in tables]
             elems = plan.row_elements([m] + [n] * (d - j - 1), start=j)
             step = fam._rows_per_chunk(elems, cur.element_size())
             outs = []
             for a in range(0, cur.shape[0], step):
-                e = plan.contract(cur[a : a + step], [fine_steps[j]] + steps[j + 1 :], start=j)[..., 0]
-                e = e.reshape(e.shape[0], m, -1) + rest_lw[j]
-                outs.append(torch.logsumexp(e, dim=-1))
+                tabs = tables if box is None else [t[a : a + step] for t in tables]
+                e = plan.contract(cur[a : a + step], tabs, start=j)[..., 0]
+                # one shift per row instead of a logsumexp per fine node: exp, then a matrix-vector product with
+                # the weights; nodes more than _SAMPLE_FLOOR nats below the row's peak (no mass) are floored there
+                e = e.reshape(e.shape[0], m, -1)
+                top = e.amax(dim=(1, 2))
+                mass = e.sub_(top[:, None, None]).exp_() @ weights[j]
+                outs.append(mass.log_().clamp_(min=-_SAMPLE_FLOOR).add_(top[:, None] + shift[j]))
             return torch.cat(outs)
 
+        def spacing(j: int, reps: int):
+            return h if box is None else h[:, j].repeat(reps, 1)
+
         u = torch.rand(rows, s, dtype=torch.float64, device=dev)
-        x0 = loglinear_inverse(cond_logd(coef, 0), -1.0, h, u)  # (B, s)
+        x0 = loglinear_inverse(cond_logd(coef, 0, 1), lo[:, :1], spacing(0, 1), u)  # (B, s)
         xs = [rearrange(x0, "b s -> (s b)")]
         cur = coef.repeat(s, 1, 1)  # (s*B, 1, R0), sample-major
         for j in range(1, d):
             tj = basis_table(fam.basis, xs[-1].to(dtype), fam.order)[:, None, :]  # (s*B, 1, K+1)
             cur = plan.contract(cur, [tj], start=j - 1)
             u = torch.rand(cur.shape[0], 1, dtype=torch.float64, device=dev)
-            xs.append(loglinear_inverse(cond_logd(cur, j), -1.0, h, u)[:, 0])
+            xs.append(loglinear_inverse(cond_logd(cur, j, s), lo[:, j].repeat(s)[:, None], spacing(j, s), u)[:, 0])
         return torch.stack(xs, dim=-1).clamp(-1.0, 1.0).to(dtype)
 
     def _sample_sir(self, lam: torch.Tensor, s: int) -> torch.Tensor:

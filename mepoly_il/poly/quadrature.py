@@ -170,6 +170,17 @@ class ContractionPlan:
         g = padded.index_select(-1, self._on(cur.device)[1][j]).view(rows, p, r_next, self.order + 1)
         return (g @ table.T).transpose(-1, -2).reshape(rows, p * n, r_next)
 
+    def _row_step(self, cur: torch.Tensor, j: int, table: torch.Tensor) -> torch.Tensor:
+        """``_shared_step`` with a table per row ``(rows, n, K+1)``: one batched matmul per row."""
+        rows, p, _ = cur.shape
+        r_next, n = self.sizes[j + 1], table.shape[-2]
+        if r_next == 1:
+            return (cur @ table.transpose(-1, -2)).reshape(rows, p * n, 1)
+        padded = torch.cat([cur, cur.new_zeros(rows, p, 1)], dim=-1)
+        g = padded.index_select(-1, self._on(cur.device)[1][j]).view(rows, p * r_next, self.order + 1)
+        out = (g @ table.transpose(-1, -2)).view(rows, p, r_next, n)
+        return out.transpose(-1, -2).reshape(rows, p * n, r_next)
+
     def _shared_step_adjoint(self, grad: torch.Tensor, j: int, table: torch.Tensor) -> torch.Tensor:
         """Adjoint of ``_shared_step``: ``(rows, P * n, R_{j+1}) -> (rows, P, R_j)``."""
         rows, pn, r_next = grad.shape
@@ -205,11 +216,7 @@ class ContractionPlan:
             if step.dim() == 2:
                 cur = self._shared_step(cur, j, step)
             else:
-                rows, p, _ = cur.shape
-                padded = torch.cat([cur, cur.new_zeros(rows, p, 1)], dim=-1)
-                g = padded[..., self.gather_on(cur.device)[j]]  # (rows, P, K+1, R_{j+1})
-                out = torch.einsum("rpkq,rnk->rpnq", g, step)
-                cur = out.reshape(rows, p * step.shape[-2], self.sizes[j + 1])
+                cur = self._row_step(cur, j, step)
         return cur
 
 
@@ -240,15 +247,18 @@ def loglinear_cell_masses(logd: torch.Tensor, h: float) -> torch.Tensor:
     return math.log(h) + logd[..., :-1] + log_expm1_ratio(s)
 
 
-def loglinear_inverse(logd: torch.Tensor, lo: float, h: float, u: torch.Tensor) -> torch.Tensor:
+def loglinear_inverse(
+    logd: torch.Tensor, lo: float | torch.Tensor, h: float | torch.Tensor, u: torch.Tensor
+) -> torch.Tensor:
     """Inverse CDF of the piecewise log-linear interpolant of ``exp(logd)``.
 
     logd: ``(rows, M)``; u: ``(rows, S)`` uniforms in [0, 1) -> ``(rows, S)`` points in ``[lo, lo + (M-1) h]``.
-    Computed in float64 and normalised by the last CDF value, so the float32 tail bug of the paper's sampler
-    (u above the final cumulative sum snapping to the last node) cannot occur.
+    ``lo`` and ``h`` are numbers or per-row ``(rows, 1)`` float64 tensors. Computed in float64 and normalised by
+    the last CDF value, so the float32 tail bug of the paper's sampler (u above the final cumulative sum snapping
+    to the last node) cannot occur.
     """
     logd = logd.double()
-    logm = loglinear_cell_masses(logd, h)
+    logm = loglinear_cell_masses(logd, 1.0)  # the spacing is a common factor of a row's cells: it cancels below
     logm = logm - torch.logsumexp(logm, dim=-1, keepdim=True)
     cdf = torch.cumsum(logm.exp(), dim=-1)
     target = u.double() * cdf[..., -1:]
