@@ -57,7 +57,8 @@ esac; done
 mkdir -p $R/mrp_bandits
 for S in $TRAIN; do jobs_of $S; done | xargs -P 2 -I{} bash -c '{}'
 case " $SECTIONS " in *" report "*)
-  $MEPOLY rl report $R/multigoal $R/mountaincar $R/rpg2d --out $D/report --overwrite
+  ROOTS=$(for X in multigoal mountaincar rpg2d; do [ -d $R/$X ] && echo $R/$X; done)
+  $MEPOLY rl report $ROOTS --out $D/report --overwrite
   $PY $D/mrp_report.py $R/mrp_bandits $D/mrp_bandits.md
   ;;
 esac
