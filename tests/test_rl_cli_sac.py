@@ -128,7 +128,7 @@ def test_s2ac_multigoal(tmp_path, amortised):
     args = ["s2ac", "--env", "multigoal", "--out", str(out), *MULTIGOAL, "--particles", "4", "--svgd-steps", "2"]
     assert rl_main([*args, "--amortised", str(amortised).lower(), "--alpha", "0.5"]) == 0
     m = _files(out)
-    assert m["variant"] == ("s2ac-amortised" if amortised else "s2ac") and sum(m["goal_hits"]) == 100
+    assert m["variant"] == ("s2ac-amortised" if amortised else "s2ac") + "-a0.5" and sum(m["goal_hits"]) == 100
     assert m["final_alpha"] == pytest.approx(0.5)  # fixed temperature
     assert json.loads((out / "config.json").read_text())["sac"]["autotune"] is False
 
@@ -228,3 +228,22 @@ def test_help_shows_field_docs(capsys, args, docs):
     text = " ".join(capsys.readouterr().out.split())
     for d in docs:
         assert d in text, d
+
+
+def test_sac_mountaincar_sparse(tmp_path):
+    """The sparse MountainCar runs through `rl sac` at a fixed temperature, with its own test-episode metrics and
+    a table in `rl report`."""
+    out = tmp_path / "mc"
+    args = ["sac", "--env", "mountaincar-sparse", "--head", "gmm", "--out", str(out), "--total-steps", "64"]
+    args += ["--num-envs", "8", "--learning-starts", "32", "--batch-size", "16", "--log-every", "32", "--quiet"]
+    assert rl_main([*args, "--hidden", "16", "--eval-episodes", "6", "--max-steps", "40"]) == 0
+    m = _files(out)
+    assert m["variant"] == "sac-gmm-mrp-a0.1" and m["env_steps"] == 64  # the preset's fixed alpha and estimator
+    assert m["success_rate"] == 0.0 and m["eval_episodes"] == 6  # 40 steps cannot reach the goal
+    assert 0.0 <= m["first_push_left_share"] <= 1.0
+    z = np.load(out / "samples.npz")
+    assert (z["length"] == 40).all() and z["first_action"].shape == (6,)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["sac"]["autotune"] is False and cfg["head_kwargs"]["num_components"] == 5
+    assert rl_main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    assert "sac-gmm-mrp-a0.1" in (tmp_path / "rep" / "mountaincar.md").read_text()

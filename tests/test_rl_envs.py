@@ -125,3 +125,42 @@ def test_gymnasium_smoothworld_env():
     for _ in range(10):
         obs, r, term, trunc, _ = env.step(np.zeros(2, dtype=np.float32))
     assert trunc and not term and r == 0.0
+
+
+def test_mountaincar_matches_gymnasium_dynamics_with_the_indicator_reward():
+    import gymnasium as gym
+
+    from mepoly_il.envs.mountaincar import VecMountainCar, scale_obs
+
+    genv = gym.make("MountainCarContinuous-v0").unwrapped
+    venv = VecMountainCar(1, max_steps=400, seed=0)
+    venv.reset(seed=0)
+    genv.reset(seed=0)
+    genv.state = np.array([venv.pos[0], venv.vel[0]])
+    rng = np.random.default_rng(1)
+    reached = 0
+    for _ in range(400):
+        # a bang-bang policy that pumps energy (push along the velocity), with noise: it reaches the goal
+        a = np.clip(np.sign(venv.vel) + (venv.vel == 0) + 0.3 * rng.standard_normal(1), -1, 1).astype(np.float32)
+        g_obs, g_rew, g_term, _, _ = genv.step(a)
+        obs, r, term, trunc, info = venv.step(a[None])
+        assert np.allclose(info["final_obs"][0], scale_obs(g_obs[0:1], g_obs[1:2])[0], atol=1e-5)
+        assert bool(term[0]) == bool(g_term) and r[0] == float(g_term)  # 1 at the goal, 0 elsewhere
+        if g_term:
+            reached += 1
+            assert info["episode_done"][0] and info["episode_return"][0] == 1.0 and -0.6 <= venv.pos[0] <= -0.4
+            genv.reset()
+            genv.state = np.array([venv.pos[0], venv.vel[0]])
+    assert reached >= 1
+
+
+def test_mountaincar_time_limit_is_truncation():
+    from mepoly_il.envs.mountaincar import VecMountainCar
+
+    env = VecMountainCar(3, max_steps=5, seed=0)
+    obs = env.reset(seed=0)
+    assert obs.shape == (3, 2) and (np.abs(obs) <= 1).all()
+    for _ in range(5):
+        _, r, term, trunc, info = env.step(np.zeros((3, 1)))
+    assert trunc.all() and not term.any() and (r == 0).all() and (info["episode_length"] == 5).all()
+    assert (env.t == 0).all()  # autoreset

@@ -11,7 +11,8 @@ Gaussian / mixture / MePoly heads, S2AC and RPG on the bandits, Smooth World and
 
 ENV is ``bandit-lemniscate``, ``bandit-two-moons`` or ``smoothworld-<layout>`` (layouts: two_walls,
 four_walls, tree_in_the_middle, two_slits, cshape, three_goals; hyphens or underscores); sac and s2ac also take
-``multigoal``, rpg ``toy1d``. Options left unset take the per-env / per-head preset of
+``multigoal`` and ``mountaincar-sparse`` (MountainCar with the 0/1 goal reward), rpg ``toy1d``. Options left
+unset take the per-env / per-head preset of
 :func:`mepoly_il.rl.config.preset` (PPO: the budget of the published tables in eval/rl/) or
 :func:`mepoly_il.rl.config.sac_preset`, then the dataclass defaults. Option names take hyphens or underscores
 (``--num-envs`` = ``--num_envs``).
@@ -178,6 +179,10 @@ def _make_envs(kind: str, task: str, num_envs: int, env_cfg, seed: int):
         from mepoly_il.envs.multigoal import VecMultiGoal
 
         return VecMultiGoal(num_envs, max_steps=env_cfg.max_steps), None
+    if kind == "mountaincar-sparse":
+        from mepoly_il.envs.mountaincar import VecMountainCar
+
+        return VecMountainCar(num_envs, max_steps=env_cfg.max_steps, seed=seed), None
     from mepoly_il.envs.smoothworld import VecSmoothWorld
 
     return VecSmoothWorld(task, num_envs, max_steps=env_cfg.max_steps, seed=seed), None
@@ -194,12 +199,14 @@ def _make_head(name: str, obs_dim: int, act_dim: int, head_kw: dict):
 
 
 def _evaluate(agent, kind: str, btask, envs, env_cfg, eval_cfg, seed: int) -> tuple[dict, dict]:
-    from mepoly_il.eval.rl_eval import eval_bandit, eval_multigoal, eval_smoothworld
+    from mepoly_il.eval.rl_eval import eval_bandit, eval_mountaincar, eval_multigoal, eval_smoothworld
 
     if kind == "bandit":
         return eval_bandit(agent, btask, envs, eval_cfg.eval_samples, seed)
     if kind == "multigoal":
         return eval_multigoal(agent, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
+    if kind == "mountaincar-sparse":
+        return eval_mountaincar(agent, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
     return eval_smoothworld(agent, envs, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
 
 
@@ -293,7 +300,11 @@ def _ppo_run(ns, head_name, ppo_cfg, head_cfg, env_cfg, eval_cfg, method: str, v
 
 # ------------------------------------------------------------------------------------------------ sac, s2ac, rpg
 #: env kinds each off-policy / RPG command accepts besides the bandits and Smooth World
-EXTRA_ENVS = {"sac": ("multigoal",), "s2ac": ("multigoal",), "rpg": ("toy1d",)}
+EXTRA_ENVS = {
+    "sac": ("multigoal", "mountaincar-sparse"),
+    "s2ac": ("multigoal", "mountaincar-sparse"),
+    "rpg": ("toy1d",),
+}
 ENV_HELP = "bandit-lemniscate | bandit-two-moons | smoothworld-<layout>"
 
 
@@ -445,6 +456,8 @@ def run_sac(method: str, argv: list[str]) -> dict:
         )
         variant = "s2ac-amortised" if c.amortised else "s2ac"
         head_info = {"name": variant, "particles": c.particles, "svgd_steps": c.svgd_steps}
+    if not sac_cfg.autotune:  # runs at different fixed temperatures are different variants in the reports
+        variant += f"-a{sac_cfg.alpha:g}"
     config = {
         "env": ns.env,
         "kind": kind,

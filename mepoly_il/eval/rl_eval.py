@@ -188,6 +188,43 @@ def eval_multigoal(agent, episodes: int, seed: int, max_steps: int) -> tuple[dic
     return m, arrays
 
 
+def eval_mountaincar(agent, episodes: int, seed: int, max_steps: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """Run ``episodes`` test episodes of the sparse MountainCar (one env per episode, starts drawn with numpy seed
+    ``RL_EVAL_START_SEED_OFFSET + seed``), acting by ``agent.head.act``.
+
+    Metrics: ``success_rate`` (= mean return, the reward being 1 at the goal only), ``steps_to_goal_mean`` over
+    the successes, and ``first_push_left_share``: the share of episodes whose first action pushes left (< 0), the
+    direction choice that makes the start state bimodal. Arrays: per-episode ``success``, ``length``,
+    ``first_action``."""
+    from mepoly_il.envs.mountaincar import VecMountainCar
+
+    torch.manual_seed(RL_EVAL_SEED_OFFSET + seed)
+    env = VecMountainCar(episodes, max_steps=max_steps, seed=RL_EVAL_START_SEED_OFFSET + seed)
+    obs = env.reset(seed=RL_EVAL_START_SEED_OFFSET + seed)
+    success = np.zeros(episodes, dtype=bool)
+    length = np.zeros(episodes, dtype=np.int64)
+    first = np.zeros(episodes, dtype=np.float32)
+    running = np.ones(episodes, dtype=bool)
+    for t in range(1, max_steps + 1):
+        with torch.no_grad():
+            a = agent.head.act(torch.as_tensor(obs))[0].numpy()
+        if t == 1:
+            first = a[:, 0].astype(np.float32)
+        obs, _, term, _, info = env.step(a)
+        done = running & info["episode_done"]
+        success[done], length[done] = term[done], t
+        running &= ~done
+        if not running.any():
+            break
+    m = {
+        "success_rate": float(success.mean()),
+        "steps_to_goal_mean": float(length[success].mean()) if success.any() else float("nan"),
+        "first_push_left_share": float((first < 0).mean()),
+        "eval_episodes": int(episodes),
+    }
+    return m, {"success": success, "length": length, "first_action": first}
+
+
 def eval_toy1d(policy, samples: int, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
     """Score ``samples`` actions of an RPG toy-bandit policy (``sample(obs (1, 1), n) -> (n, 1, 1)``): expected
     reward and the share of samples paid more than the local peak's 0.5 (only the global peak pays more)."""

@@ -3,7 +3,8 @@
 Reads every run directory (one with ``metrics.json`` + ``config.json``) under the given roots and writes:
 
 - ``runs.csv``: one row per run (per seed), every scalar metric;
-- ``bandit.md``, ``ablation.md``, ``smoothworld.md``, ``multigoal.md``, ``toy1d.md``: mean +- std across seeds per
+- ``bandit.md``, ``ablation.md``, ``smoothworld.md``, ``multigoal.md``,
+  ``mountaincar.md``, ``toy1d.md``: mean +- std across seeds per
   (env, variant), n = #seeds; PPO heads first, then every other variant found (SAC, S2AC, RPG runs);
 - ``bandit_scatter.png`` (Figs 3-4 style), ``ablation_scatter.png``, ``smoothworld_trajectories.png`` (Fig. 2
   style), ``learning_curves_bandit.png``, ``learning_curves_smoothworld.png``.
@@ -54,6 +55,12 @@ MG_COLS = [
     ("share_timeout", "timeout"),
     ("mode_entropy_norm", "goal H/logC"),
     ("return_mean", "return"),
+]
+MC_COLS = [
+    ("success_rate", "success"),
+    ("steps_to_goal_mean", "steps to goal"),
+    ("first_push_left_share", "first push left"),
+    ("env_steps", "env steps"),
 ]
 TOY_COLS = [("reward_mean", "E[r]"), ("global_peak_share", "share on global peak")]
 
@@ -157,6 +164,10 @@ def simple_table(groups, envs, cols, title: str) -> str:
                     f"s{m['seed']}: " + ", ".join(f"{n}={c}" for n, c in zip(names, m["goal_hits"])) for m in ms
                 )
                 per_seed.append(f"- {env} / {v} (hits of {ms[0]['eval_episodes']} episodes): {hits}")
+            else:  # the first column per seed
+                key, name = cols[0]
+                vals = "; ".join(f"s{m['seed']}: {m.get(key, float('nan')):.3f}" for m in ms)
+                per_seed.append(f"- {env} / {v} ({name}): {vals}")
     return "\n".join(lines + (per_seed if len(per_seed) > 3 else [])) + "\n"
 
 
@@ -369,6 +380,10 @@ def write_report(roots: list[str | Path], out: str | Path, overwrite: bool = Fal
     if "multigoal" in envs:
         (out / "multigoal.md").write_text(
             simple_table(groups, ["multigoal"], MG_COLS, "Multi-goal point mass: goal shares of the test episodes")
+        )
+    if "mountaincar-sparse" in envs:
+        (out / "mountaincar.md").write_text(
+            simple_table(groups, ["mountaincar-sparse"], MC_COLS, "MountainCar, 0/1 goal reward (test episodes)")
         )
     if "toy1d" in envs:
         (out / "toy1d.md").write_text(simple_table(groups, ["toy1d"], TOY_COLS, "RPG toy bandit (1-D)"))

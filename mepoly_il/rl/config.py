@@ -217,6 +217,22 @@ SAC_PRESETS: dict[str, dict[str, object]] = {
         "lambda_clip": 5.0,
         "quad_nodes": 16,
     },
+    # the mixture paper's classic-control setting (§5.3): fixed temperature, small networks; budget ours
+    "mountaincar-sparse": {
+        "num_envs": 4,
+        "total_steps": 20_000,
+        "learning_starts": 2_000,
+        "hidden": 64,
+        "log_every": 5_000,
+        "max_steps": 999,
+        "autotune": False,
+        "alpha": 0.1,
+        "components": 5,
+        "order": 8,
+        "lambda_clip": 5.0,
+        "quad_nodes": 24,
+        "eval_episodes": 50,
+    },
 }
 #: SACConfig fields of the head actors that the SVGD actor does not read (not offered as `rl s2ac` flags).
 S2AC_UNUSED = frozenset({"estimator", "lr_samples", "quad_nodes"})

@@ -1,13 +1,64 @@
 #!/usr/bin/env bash
-# Exact commands behind eval/rl/seed_methods/README.md (2-core CPU shared with other jobs, no GPU; every script is
-# single-threaded). Each writes its JSON (or text) next to this file.
+# Exact commands behind eval/rl/seed_methods/ (2-core CPU shared with other jobs, no GPU; every process is
+# single-threaded, at most two at a time). `run.sh` runs every section; `run.sh multigoal mrp ...` only those named
+# (sections: toys multigoal mrp rpg2d mountaincar report). Training runs land in runs/rl/seed_methods/
+# (git-ignored); a run whose metrics.json (or JSON) exists is skipped, so the script resumes. Tables, plots and
+# JSON are written next to this file.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$PWD"
-PY=.venv/bin/python
+PY=${PY:-.venv/bin/python}
+MEPOLY=${MEPOLY:-.venv/bin/mepoly-il}
 D=eval/rl/seed_methods
+R=${RUNS:-runs/rl/seed_methods}
+SECTIONS=${*:-"toys multigoal mrp rpg2d mountaincar report"}
 
-$PY $D/run_rpg.py $D/rpg_bandit.json                 # RPG toy bandit as published, seeds 0 1 2 (~64 s/seed idle)
-$PY $D/mrp_stationary.py $D/mrp_stationary.json       # mixture paper's bimodal-bandit stationary points (SciPy)
-$PY $D/s2ac_entropy.py $D/s2ac_entropy.json           # S2AC closed-form entropy vs known entropies
-$PY $D/actor_cost.py > $D/actor_cost.txt              # ms per SAC actor step per estimator
+rl() {  # rl OUT ARGS...: the command line of one `mepoly-il rl` run into OUT, unless it is finished
+  local out=$1; shift
+  echo "[ -f $out/metrics.json ] || $MEPOLY rl $* --out $out --quiet --overwrite > /dev/null"
+}
+
+jobs_of() { case $1 in
+multigoal)  # S2AC paper §4.2: 3 fixed temperatures x 3 seeds, S2AC(phi) and SAC-Gaussian at the same alpha and budget
+  for SEED in 0 1 2; do for A in 0.2 1 5; do
+    rl $R/multigoal/s2ac-a$A/seed$SEED s2ac --env multigoal --alpha $A --seed $SEED --total-steps 20000 --svgd-steps 3
+    rl $R/multigoal/sac-gaussian-a$A/seed$SEED sac --env multigoal --head gaussian --autotune false --alpha $A \
+      --seed $SEED --total-steps 20000
+  done; done ;;
+mrp)  # mixture paper §5.1: synthetic multimodal bandits, true reward as critic; one job per pair of bandits
+  for B in "0 1" "2 3" "4 5"; do
+    echo "[ -f $R/mrp_bandits/b${B// /_}.json ] || $PY $D/mrp_bandits.py $R/mrp_bandits/b${B// /_}.json $B"
+  done ;;
+mountaincar)  # mixture paper §5.3: MountainCar with the 0/1 goal reward, SAC at fixed alpha, 64x64 nets, 5 seeds
+  for SEED in 0 1 2 3 4; do
+    rl $R/mountaincar/sac-gaussian/seed$SEED sac --env mountaincar-sparse --head gaussian --seed $SEED
+    rl $R/mountaincar/sac-gmm-mrp/seed$SEED sac --env mountaincar-sparse --head gmm --seed $SEED
+  done
+  for SEED in 0 1 2 3 4; do
+    rl $R/mountaincar/sac-gmm-lr/seed$SEED sac --env mountaincar-sparse --head gmm --estimator lr --seed $SEED
+  done ;;
+rpg2d)  # RPG's latent-conditioned policy as a PPO head (our variant) at the PPO heads' budget of eval/rl/
+  for SEED in 0 1 2; do for E in bandit-lemniscate bandit-two-moons smoothworld-tree_in_the_middle; do
+    rl $R/rpg2d/$E/seed$SEED rpg --env $E --seed $SEED
+  done; done ;;
+esac; }
+
+TRAIN=""
+for S in $SECTIONS; do case $S in
+toys)  # seconds to minutes each
+  $PY $D/run_rpg.py $D/rpg_bandit.json                 # RPG toy bandit as published, seeds 0 1 2 (~64 s/seed idle)
+  $PY $D/mrp_stationary.py $D/mrp_stationary.json       # mixture paper's bimodal-bandit stationary points (SciPy)
+  $PY $D/s2ac_entropy.py $D/s2ac_entropy.json           # S2AC closed-form entropy vs known entropies
+  $PY $D/actor_cost.py > $D/actor_cost.txt              # ms per SAC actor step per estimator
+  ;;
+multigoal|mrp|mountaincar|rpg2d) TRAIN="$TRAIN $S" ;;
+esac; done
+# every training run of the sections named, in their order, two at a time
+mkdir -p $R/mrp_bandits
+for S in $TRAIN; do jobs_of $S; done | xargs -P 2 -I{} bash -c '{}'
+case " $SECTIONS " in *" report "*)
+  ROOTS=$(for X in multigoal mountaincar rpg2d; do [ -d $R/$X ] && echo $R/$X; done)
+  $MEPOLY rl report $ROOTS --out $D/report --overwrite
+  $PY $D/mrp_report.py $R/mrp_bandits $D/mrp_bandits.md
+  ;;
+esac
