@@ -24,7 +24,8 @@ SEEDS=${SEEDS:-"0 1 2"}
 METHODS=${METHODS:-"mepoly_new mepoly_old dp regressor"}
 NUM_DEMOS=${NUM_DEMOS:-100}
 EPISODES=${EPISODES:-20}
-EVAL_EVERY=${EVAL_EVERY:-500}
+EVAL_EVERY=${EVAL_EVERY:-150}         # MePoly stage 2 (300 steps): 2 points
+DP_EVAL_EVERY=${DP_EVAL_EVERY:-500}   # DP (1000 steps): 2 points
 EVAL_ENVS=${EVAL_ENVS:-2}
 FINAL_EPISODES=${FINAL_EPISODES:-100}
 RUNS=${RUNS:-runs_mm}
@@ -59,7 +60,7 @@ if [[ -z "$SUMMARY_ONLY" ]]; then
                     # shellcheck disable=SC2046
                     run "$MEPOLY_IL" fit dp $(task_configs dp cpu "$TASK") --data.path "datasets/$TASK.zarr" \
                         --trainer.default_root_dir "$root" --seed_everything "$seed" \
-                        $(eval_callback "$EVAL_EVERY" physx_cpu)
+                        $(eval_callback "$DP_EVAL_EVERY" physx_cpu)
                 else
                     # shellcheck disable=SC2046
                     run "$MEPOLY_IL" fit stage1 $(task_configs stage1 cpu "$TASK") --data.path "datasets/$TASK.zarr" \
