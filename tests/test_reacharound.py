@@ -184,3 +184,70 @@ def test_evaluation_labels_each_rollout_from_its_trajectory():
         "left": {"episodes": 2, "successes": 2, "success_share": pytest.approx(2 / 3)},
         "right": {"episodes": 1, "successes": 1, "success_share": pytest.approx(1 / 3)},
     }
+
+
+def test_mode_fn_names_are_checked():
+    from mepoly_il.errors import UserError
+    from mepoly_il.tasks import TaskSpec
+
+    with pytest.raises(UserError, match="mode_fn"):
+        TaskSpec("X-v0", None, max_episode_steps=5, obs_dim=2, act_dim=1, mode_fn="no_colon")
+    with pytest.raises(UserError, match="cannot import"):
+        load_mode_fn(TaskSpec("X-v0", None, max_episode_steps=5, obs_dim=2, act_dim=1, mode_fn="nope_mod:f"))
+    with pytest.raises(UserError, match="no function"):
+        load_mode_fn(TaskSpec("X-v0", None, max_episode_steps=5, obs_dim=2, act_dim=1, mode_fn="mepoly_il.tasks:f"))
+    assert load_mode_fn(get_task("PushCube-v1")) is None
+
+
+def test_multimodal_script_dry_run():
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "eval" / "multimodal_cpu.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    env = {**os.environ, "DRY_RUN": "1", "RUNS": "r"}
+    proc = subprocess.run(["bash", str(script)], cwd=repo, env=env, capture_output=True, text=True, check=True)
+    cmds = [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    fits = [c for c in cmds if " fit " in c]
+    assert len(fits) == 3 * 7  # seeds x (3 MePoly variants x 2 stages + DP)
+    for c in fits:
+        kind = c.split()[2]
+        assert f"--config configs/{kind}/cpu.yaml --config configs/{kind}/{ENV_ID}-cpu.yaml" in c
+    s1 = {
+        m: [c for c in fits if f"stage1_{m}/" in c and " stage1 " in c]
+        for m in ("mepoly_new", "mepoly_old", "regressor")
+    }
+    assert all(len(v) == 3 for v in s1.values())
+    assert all("--model.iso_norm dataset" in c and "--model.policy.latent_embed true" in c for c in s1["mepoly_new"])
+    assert all("--model.iso_norm" not in c and "fixed_latent" not in c for c in s1["mepoly_old"])
+    assert all("--model.policy.fixed_latent true" in c for c in s1["regressor"])
+    finals = [c for c in cmds if c.startswith("mepoly-il eval run")]
+    assert len(finals) == 12 and all("--episodes 100" in c and "/final_eval" in c for c in finals)
+    assert "write_mode_table" in cmds[-1]
+
+
+def test_mode_table_from_eval_infos(tmp_path):
+    import json
+
+    from mepoly_il.eval.aggregate import write_mode_table
+
+    def rows(succ_left, succ_right, n=4):
+        return [
+            {"success_once": i < k, "success_at_end": i < k, "return": 0.0, "mode": m}
+            for m, k in (("left", succ_left), ("right", succ_right))
+            for i in range(n)
+        ]
+
+    for seed, (left, right) in enumerate(((4, 2), (3, 0))):
+        path = tmp_path / "runs" / "m" / ENV_ID / f"seed{seed}" / "final_eval" / "last" / "eval_info.json"
+        path.parent.mkdir(parents=True)
+        prov = {"method": "mepoly", "env_id": ENV_ID, "global_step": 300, "train_seed": seed}
+        path.write_text(json.dumps({"aggregated": aggregate_rows(rows(left, right)), "provenance": prov}))
+    out = write_mode_table(tmp_path / "runs", ["m"], tmp_path / "modes.md")
+    lines = out.read_text().splitlines()
+    assert lines[0] == "| runs | seed | success_once | episodes | left: succ/eps (share) | right: succ/eps (share) |"
+    assert lines[2] == "| m | 0 | 0.75 | 8 | 4/4 (67%) | 2/4 (33%) |"
+    assert lines[3] == "| m | 1 | 0.38 | 8 | 3/4 (100%) | 0/4 (0%) |"
+    assert json.loads(out.with_suffix(".json").read_text())["m"][1]["train_seed"] == 1
