@@ -26,7 +26,7 @@ def _states(tcp_xy: list[tuple[float, float]], pillar_xy=(0.04, 0.0)) -> np.ndar
 
 def test_passing_side_reads_the_side_from_the_path():
     fn = load_mode_fn(get_task(ENV_ID))
-    around = [(-0.05, 0.0), (-0.02, 0.1), (0.02, 0.19), (0.06, 0.19), (0.13, 0.0)]
+    around = [(-0.05, 0.0), (-0.04, 0.1), (0.0, 0.21), (0.08, 0.21), (0.13, 0.0)]
     assert fn(_states(around)) == "left"
     assert fn(_states([(x, -y) for x, y in around])) == "right"
     # stopped in front of the pillar, pushed into it, or never moved: no side
@@ -154,8 +154,8 @@ class SideTaker(BasePolicy):
             self.stage = torch.zeros(n, dtype=torch.long)
         via = torch.stack(
             [
-                torch.stack([pillar[:, 0] - 0.06, pillar[:, 1] + 0.19 * sign, goal[:, 2]], -1),
-                torch.stack([pillar[:, 0] + 0.06, pillar[:, 1] + 0.19 * sign, goal[:, 2]], -1),
+                torch.stack([pillar[:, 0] - 0.08, pillar[:, 1] + 0.21 * sign, goal[:, 2]], -1),
+                torch.stack([pillar[:, 0] + 0.06, pillar[:, 1] + 0.21 * sign, goal[:, 2]], -1),
                 goal,
             ],
             1,

@@ -5,11 +5,11 @@ Design:
 
 * **Side.** Each demo picks left (+y) or right (-y) with probability 1/2 from a generator seeded by the demo's
   seed, so a demo is a function of its seed and a set of seeds gives about as many of each.
-* **Path.** Three waypoints at the goal's height: ``v1`` beside the pillar's near face, ``v2`` beside its far face
-  (both ``side * offset`` from the pillar's centre line, ``offset`` about 19 cm: the Panda hand is about 21 cm across
-  in y and the pillar 8 cm), then the goal. The first leg is mostly sideways, so the hand has cleared the pillar's
-  width before it comes level with it. Each waypoint gets a small uniform jitter (``jitter``, +-1 cm), so demos of
-  one side are not all the same curve.
+* **Path.** Three waypoints at the goal's height: ``v1`` before the pillar's near face, ``v2`` beyond its far face
+  (both ``side * offset`` from the pillar's centre line, ``offset`` 21 cm: the Panda hand is about 21 cm across in y
+  and the pillar 6 cm, which leaves about 6 cm of clearance for an imitator's errors), then the goal. The first leg
+  is almost sideways, so the hand has cleared the pillar's width before it comes level with it. Each waypoint
+  gets a small uniform jitter (``jitter``, +-1 cm), so demos of one side are not all the same curve.
 * **Controller.** Closed loop in ``pd_ee_delta_pos`` (the IL control mode, so the recorded actions replay as they
   are): every step the action is ``gain * (waypoint - tcp)`` clipped to [-1, 1] per axis (at most 10 cm of target
   per step), gripper held open; the next waypoint takes over once the TCP is within ``switch_dist`` of the current
@@ -43,8 +43,9 @@ def solve_reacharound(
     debug: bool = False,
     vis: bool = False,
     side: str | None = None,
-    offset: float = 0.19,
-    lead: float = 0.06,
+    offset: float = 0.21,
+    lead_in: float = 0.08,
+    lead_out: float = 0.06,
     jitter: float = 0.01,
     gain: float = 10.0,
     switch_dist: float = 0.03,
@@ -54,8 +55,8 @@ def solve_reacharound(
     pillar; returns the last ``env.step`` result (its info holds ``success`` and ``elapsed_steps``).
 
     ``side``: ``"left"`` or ``"right"`` to force it (tests); by default drawn from the seed. ``offset``: distance (m)
-    of the side waypoints from the pillar's centre line; ``lead``: how far (m) before and after the pillar's centre
-    they lie in x; ``jitter``: uniform noise (m, +-) added to every waypoint coordinate in the table plane.
+    of the side waypoints from the pillar's centre line; ``lead_in`` / ``lead_out``: how far (m) before / after the
+    pillar's centre they lie in x; ``jitter``: uniform noise (m, +-) added to every side waypoint in the table plane.
     ``max_steps``: give up after this many steps (default: the task's episode limit). ``debug``/``vis`` are ignored.
     """
     del debug, vis
@@ -80,8 +81,8 @@ def solve_reacharound(
     env.reset(seed=seed)
     _, goal, pillar = _positions(env)
     waypoints = [
-        np.array([pillar[0] - lead, pillar[1] + sign * offset, goal[2]]),
-        np.array([pillar[0] + lead, pillar[1] + sign * offset, goal[2]]),
+        np.array([pillar[0] - lead_in, pillar[1] + sign * offset, goal[2]]),
+        np.array([pillar[0] + lead_out, pillar[1] + sign * offset, goal[2]]),
         goal.copy(),
     ]
     for w, n in zip(waypoints, noise):

@@ -48,10 +48,10 @@ START_QPOS = (0.0, 0.4977, 0.0, -2.1535, 0.0, 2.6512, np.pi / 4)
 GOAL_XY = (0.13, 0.0)
 GOAL_Z = 0.06
 PILLAR_XY = (0.04, 0.0)
-#: Pillar half sizes (m): 8 cm wide across the way (y), 4 cm deep, 14 cm tall. The hand (about 21 cm across its
-#: fingers' opening direction, which is y) hangs 3-13 cm above the TCP, so it must step aside by about 17 cm to
+#: Pillar half sizes (m): 6 cm wide across the way (y), 4 cm deep, 14 cm tall. The hand (about 21 cm across its
+#: fingers' opening direction, which is y) hangs 3-13 cm above the TCP, so it must step aside by about 14 cm to
 #: pass; the wrist above it clears the pillar's top. Going over instead would mean lifting the TCP by 9 cm.
-PILLAR_HALF = (0.02, 0.04, 0.07)
+PILLAR_HALF = (0.02, 0.03, 0.07)
 #: Uniform jitter (m, +-) of the goal and pillar together, and of the pillar alone.
 CENTER_JITTER = 0.01
 PILLAR_JITTER = 0.005
