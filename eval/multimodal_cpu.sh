@@ -15,6 +15,7 @@
 #               regressor (same networks, losses and budgets otherwise)
 # Task budgets: configs/{stage1,stage2,dp}/ReachAround-v1-cpu.yaml.
 #
+# A (method, seed) whose final evaluation exists is skipped, so re-running finishes the missing ones.
 # Usage:  bash eval/multimodal_cpu.sh                  DRY_RUN=1 bash eval/multimodal_cpu.sh
 #         METHODS="dp regressor" SEEDS="0" bash eval/multimodal_cpu.sh
 set -euo pipefail
@@ -55,7 +56,7 @@ if [[ -z "$SUMMARY_ONLY" ]]; then
     for seed in $SEEDS; do
         for method in $METHODS; do
             root="$RUNS/$method/$TASK/seed$seed"
-            if [[ -n "${DRY_RUN:-}" || ! -e "$root/final_eval" ]]; then
+            if [[ -n "${DRY_RUN:-}" ]] || ! compgen -G "$root/final_eval/*/eval_info.json" >/dev/null; then
                 if [[ $method == dp ]]; then
                     # shellcheck disable=SC2046
                     run "$MEPOLY_IL" fit dp $(task_configs dp cpu "$TASK") --data.path "datasets/$TASK.zarr" \
