@@ -14,7 +14,9 @@ This module imports nothing from the rest of the package except the error type, 
 
 from __future__ import annotations
 
+import importlib
 import numbers
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -45,6 +47,10 @@ class TaskSpec:
         eval_episodes: episodes per final evaluation (the protocol's 100).
         demo_control_mode: the controller the demo source acts through (what ``data generate`` records; ManiSkill's
             motion planners emit ``pd_joint_pos`` targets, which ``data convert`` turns into ``control_mode``).
+        mode_fn: ``"package.module:function"`` naming a function that maps one episode's state observations
+            ((T, obs_dim) numpy) to a short label of the strategy it followed (e.g. which side of an obstacle it
+            passed), or ``None``. Conversion stores each demo's label in the dataset and evaluation labels every
+            rollout from its own trajectory with the same function (see :func:`load_mode_fn`).
     """
 
     env_id: str
@@ -58,6 +64,7 @@ class TaskSpec:
     pred_horizon: int = 16
     eval_episodes: int = 100
     demo_control_mode: str = "pd_joint_pos"
+    mode_fn: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.env_id, str) or not self.env_id:
@@ -68,6 +75,13 @@ class TaskSpec:
                 raise UserError(
                     f"task {self.env_id}: demo_source {self.demo_source!r} is not 'motion_planner:<solver>' or "
                     "'package.module:function'; fix it or pass None"
+                )
+        if self.mode_fn is not None:
+            module, _, function = str(self.mode_fn).partition(":")
+            if not module or not function:
+                raise UserError(
+                    f"task {self.env_id}: mode_fn {self.mode_fn!r} is not 'package.module:function'; "
+                    "fix it or pass None"
                 )
         for name in (
             "max_episode_steps",
@@ -102,6 +116,23 @@ class TaskSpec:
 
 
 TASKS: dict[str, TaskSpec] = {}
+
+
+def load_mode_fn(spec: TaskSpec) -> Callable[[Any], str] | None:
+    """The task's mode-label function (:attr:`TaskSpec.mode_fn`) imported, or None when the task declares none."""
+    if spec.mode_fn is None:
+        return None
+    module_name, _, function = spec.mode_fn.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(
+            f"task {spec.env_id}: mode_fn {spec.mode_fn!r}: cannot import {module_name} ({err}); fix the task's mode_fn"
+        ) from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise UserError(f"task {spec.env_id}: mode_fn {spec.mode_fn!r}: {module_name} has no function {function!r}")
+    return fn
 
 
 def register_task(spec: TaskSpec, replace: bool = False) -> TaskSpec:
@@ -150,5 +181,19 @@ register_task(
         control_mode="pd_ee_delta_pose",
         demo_control_mode="pd_ee_delta_pose",
         act_horizon=1,
+    )
+)
+register_task(
+    TaskSpec(
+        "ReachAround-v1",
+        # Defined by this package (mepoly_il/envs/maniskill_reacharound.py): reach a goal behind a pillar, passing it
+        # on the left or the right; the scripted expert picks the side at random per demo, so the demos are bimodal
+        # and their average runs into the pillar. Demos last about 15 steps.
+        "mepoly_il.data.maniskill_reacharound:solve_reacharound",
+        max_episode_steps=40,
+        obs_dim=34,
+        act_dim=4,
+        demo_control_mode="pd_ee_delta_pos",
+        mode_fn="mepoly_il.envs.maniskill_reacharound:passing_side",
     )
 )

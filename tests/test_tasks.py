@@ -43,8 +43,8 @@ def _toy(**overrides) -> TaskSpec:
 
 # -- the registry itself -------------------------------------------------------------------------------------------
 def test_builtin_tasks():
-    assert task_ids() == ["PushCube-v1", "PickCube-v1", "StackCube-v1", "PushT-v1"]
-    assert task_ids(with_demos=True) == ["PushCube-v1", "PickCube-v1", "StackCube-v1", "PushT-v1"]
+    assert task_ids() == ["PushCube-v1", "PickCube-v1", "StackCube-v1", "PushT-v1", "ReachAround-v1"]
+    assert task_ids(with_demos=True) == ["PushCube-v1", "PickCube-v1", "StackCube-v1", "PushT-v1", "ReachAround-v1"]
     assert get_task("PushCube-v1").solver == "solvePushCube"
     assert get_task("PushT-v1").solver is None and get_task("PushT-v1").act_horizon == 1  # a scripted expert
     assert get_task("PushT-v1").demo_source == "mepoly_il.data.maniskill_pusht:solve_pusht"

@@ -134,7 +134,7 @@ def default_episodes(ckpt: dict) -> int:
 
 def run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
-    from mepoly_il.eval.rollout import eval_info_dir, eval_seeds, evaluate_checkpoint, list_checkpoints
+    from mepoly_il.eval.rollout import eval_info_dir, eval_seeds, evaluate_checkpoint, format_modes, list_checkpoints
     from mepoly_il.utils import progress
 
     _check_run_args(args)
@@ -175,6 +175,9 @@ def run(argv: list[str]) -> int:
             f"| {path} | {prov['global_step']} | {agg['success_once']:.3f} | {agg['success_at_end']:.3f} | "
             f"{agg['n_episodes']} | {agg.get('sec', 0):.1f} | {'' if ran else 'cached'} |"
         )
+    for path, info, _ in results:
+        if line := format_modes(info["aggregated"]):
+            print(f"{path}: {line}")
     return 0
 
 

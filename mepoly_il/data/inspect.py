@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mepoly_il.data.zarr_io import load_arrays, read_info
+from mepoly_il.data.zarr_io import episode_modes, load_arrays, read_info
 
 
 def summarize(path: str | os.PathLike) -> dict[str, Any]:
@@ -17,6 +17,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     arrays = load_arrays(path)
     lengths = arrays.lengths
     prov = info.provenance
+    modes = episode_modes(path)
     return {
         "path": str(info.path),
         "env_id": prov.get("env_id"),
@@ -42,6 +43,8 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
             "max": int(arrays.episode_seed.max()),
             "unique": int(len(np.unique(arrays.episode_seed))),
         },
+        # episodes per mode label (tasks with a mode function), None for unlabelled datasets
+        "modes": {m: modes.count(m) for m in sorted(set(modes))} if modes is not None else None,
         "num_failed_conversions": prov.get("num_failed_conversions"),
         "created_utc": prov.get("created_utc"),
         "command": prov.get("command"),
@@ -70,6 +73,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"length min/mean/max {el['min']}/{el['mean']:.1f}/{el['max']}",
         f"seeds          {seeds['min']}..{seeds['max']} ({seeds['unique']} unique)",
         f"dims           state {summary['obs_dim']}  action {summary['act_dim']}",
+        *(
+            ["modes          " + "  ".join(f"{m} {n}" for m, n in summary["modes"].items())]
+            if summary.get("modes")
+            else []
+        ),
         f"source         {summary['source_file']} (sha256 {str(summary['source_sha256'])[:12]})",
     ]
     versions = summary.get("versions") or {}

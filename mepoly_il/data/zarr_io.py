@@ -9,6 +9,8 @@ Layout (the one of diffusion_policy's ``ReplayBuffer``, so its loaders read thes
       data/state    (T, Ds) float32   flat observation; the final observation of each episode is dropped
       meta/episode_ends  (N,) int64   exclusive cumulative ends: episode i is [ends[i-1], ends[i])
       meta/episode_seed  (N,) int64   reset seed of each episode (evaluation must avoid these)
+      meta/episode_mode  (N,) int64   optional: each episode's mode label, as an index into the root attribute
+                                      ``episode_mode_labels`` (tasks with a ``mode_fn``, see mepoly_il/tasks.py)
 
 Format 2 keeps the store readable by zarr-python 2.x tools (diffusion_policy, DP3, UMI). Everything is written into a
 temporary sibling and renamed at the end, so an interrupted write never leaves a complete-looking dataset.
@@ -28,7 +30,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ import zarr
 
 from mepoly_il.data.stats import check_stats, compute_stats
 from mepoly_il.errors import UserError
-from mepoly_il.tasks import TASKS
+from mepoly_il.tasks import TASKS, load_mode_fn
 from mepoly_il.utils import atomic_path, check_output
 
 FORMAT_VERSION = 1
@@ -58,6 +60,9 @@ _FIX_CREATE = "create one with `mepoly-il data prepare` (or `mepoly-il data conv
 _FIX_RECREATE = "re-create it with `mepoly-il data convert ... --overwrite`"
 _FIX_CORRUPT = "restore it from a backup or re-create it with `mepoly-il data prepare ... --overwrite`"
 ARRAY_KEYS = ("data/action", "data/state", "meta/episode_ends", "meta/episode_seed")
+#: Optional per-episode mode labels (codes into the root attribute :data:`MODE_LABELS_ATTR`).
+MODE_KEY = "meta/episode_mode"
+MODE_LABELS_ATTR = "episode_mode_labels"
 #: Controllers of ManiSkill's panda (and panda_stick) agents; a dataset naming any other cannot be evaluated.
 PANDA_CONTROL_MODES = (
     "pd_joint_delta_pos",
@@ -82,11 +87,13 @@ _TARGET_CHUNK_BYTES = 2_000_000
 
 @dataclass
 class Episode:
-    """One demonstration: ``state`` (L, Ds) and ``action`` (L, Da) aligned step by step, and its reset seed."""
+    """One demonstration: ``state`` (L, Ds) and ``action`` (L, Da) aligned step by step, its reset seed and, for
+    tasks with a mode function, its mode label."""
 
     state: np.ndarray
     action: np.ndarray
     seed: int
+    mode: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -216,7 +223,9 @@ def write_dataset(
     ``provenance`` must hold :data:`PROVENANCE_KEYS` (``format_version``, package versions, ``created_utc`` and
     ``command`` are filled in; ``source_file`` is reduced to its file name). ``source`` names the input in error
     messages (defaults to ``path``). Each array's :func:`array_digest` and the :func:`stats_digest` go into the
-    ``checksums`` attribute.
+    ``checksums`` attribute. Episodes that carry a ``mode`` (all or none of them) are written with
+    ``meta/episode_mode`` and the sorted label set in ``episode_mode_labels``; unlabelled episodes of a registered
+    task with a ``mode_fn`` are labelled with it first (from their states).
     """
     path = Path(path)
     where = source or str(path)
@@ -230,6 +239,18 @@ def write_dataset(
     action = np.concatenate([ep.action for ep in episodes]).astype(np.float32)
     ends = np.cumsum([len(ep.action) for ep in episodes]).astype(np.int64)
     seeds = np.asarray([int(ep.seed) for ep in episodes], dtype=np.int64)
+    task = TASKS.get(str(provenance.get("env_id")))
+    mode_fn = load_mode_fn(task) if task is not None else None
+    if mode_fn is not None and all(ep.mode is None for ep in episodes):
+        # The task's own labels, from each episode's states (as evaluation labels rollouts).
+        episodes = [replace(ep, mode=str(mode_fn(ep.state))) for ep in episodes]
+        provenance = {**provenance, "mode_fn": task.mode_fn}
+    labelled = [ep.mode is not None for ep in episodes]
+    if any(labelled) and not all(labelled):
+        raise ValueError("either every episode carries a mode label or none does")
+    mode_labels = sorted({str(ep.mode) for ep in episodes}) if all(labelled) else None
+    modes = np.asarray([mode_labels.index(str(ep.mode)) for ep in episodes], dtype=np.int64) if mode_labels else None
+    meta_arrays = [("episode_ends", ends), ("episode_seed", seeds)] + ([("episode_mode", modes)] if mode_labels else [])
 
     prov = {"format_version": FORMAT_VERSION, "source": "maniskill", **provenance}
     prov["format_version"] = FORMAT_VERSION
@@ -255,7 +276,7 @@ def write_dataset(
                 config={"write_empty_chunks": True},
             )
             z[:] = arr
-        for name, arr in (("episode_ends", ends), ("episode_seed", seeds)):
+        for name, arr in meta_arrays:
             z = meta.create_array(
                 name,
                 shape=arr.shape,
@@ -274,6 +295,13 @@ def write_dataset(
             "meta/episode_seed": array_digest(seeds),
             "stats": stats_digest(stats),
         }
+        if mode_labels:
+            root.attrs[MODE_LABELS_ATTR] = mode_labels
+            root.attrs["checksums"] = {
+                **root.attrs["checksums"],
+                MODE_KEY: array_digest(modes),
+                MODE_LABELS_ATTR: stats_digest({"labels": mode_labels}),
+            }
         zarr.consolidate_metadata(str(tmp))
     return path
 
@@ -331,6 +359,11 @@ def read_info(path: str | os.PathLike) -> DatasetInfo:
         raise UserError(
             f"{path}: meta/episode_ends {shapes['meta/episode_ends']} and meta/episode_seed "
             f"{shapes['meta/episode_seed']} disagree in length; {_FIX_RECREATE}"
+        )
+    if MODE_KEY in root and tuple(root[MODE_KEY].shape) != shapes["meta/episode_ends"]:
+        raise UserError(
+            f"{path}: {MODE_KEY} {tuple(root[MODE_KEY].shape)} and meta/episode_ends {shapes['meta/episode_ends']} "
+            f"disagree in length; {_FIX_RECREATE}"
         )
     obs_dim, act_dim = shapes["data/state"][1], shapes["data/action"][1]
     stats = attrs.get("stats")
@@ -429,3 +462,27 @@ def episode_seeds(path: str | os.PathLike) -> list[int]:
     """The reset seed of every episode in the dataset (small array; read directly)."""
     _, root = _open(path)
     return [int(s) for s in root["meta/episode_seed"][:]]
+
+
+def episode_modes(path: str | os.PathLike) -> list[str] | None:
+    """Each episode's mode label (``meta/episode_mode`` decoded), or None for a dataset without labels.
+
+    The codes and the label set are checked against their stored checksums.
+    """
+    path, root = _open(path)
+    if MODE_KEY not in root:
+        return None
+    attrs = dict(root.attrs)
+    labels = attrs.get(MODE_LABELS_ATTR)
+    checksums = attrs.get("checksums")
+    codes = _read_array(path, root, MODE_KEY, np.int64, verify=isinstance(checksums, dict))
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise UserError(f"{path}: {MODE_KEY} exists but the attribute {MODE_LABELS_ATTR} is missing; {_FIX_CORRUPT}")
+    if isinstance(checksums, dict) and (
+        checksums.get(MODE_KEY) != array_digest(codes)
+        or checksums.get(MODE_LABELS_ATTR) != stats_digest({"labels": labels})
+    ):
+        raise UserError(f"{path}: corrupt dataset: {MODE_KEY} does not match its stored checksum; {_FIX_CORRUPT}")
+    if len(codes) and (codes.min() < 0 or codes.max() >= len(labels)):
+        raise UserError(f"{path}: corrupt dataset: {MODE_KEY} holds codes outside {MODE_LABELS_ATTR}; {_FIX_CORRUPT}")
+    return [labels[int(c)] for c in codes]

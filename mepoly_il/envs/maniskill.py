@@ -1,6 +1,7 @@
 """ManiSkill3 evaluation environments, and the package's one ManiSkill import (:func:`import_maniskill`).
 
-This is the only ``envs`` module that imports ``mani_skill`` / ``sapien``; the demo pipeline
+This is the only ``envs`` module that imports ``mani_skill`` / ``sapien`` (besides the package's own task,
+:mod:`.maniskill_reacharound`, which it imports to register); the demo pipeline
 (:mod:`mepoly_il.data.maniskill`) imports the simulator through :func:`import_maniskill` too, so a broken install
 fails with the same single line everywhere. Nothing here imports ``mepoly_il.data``.
 
@@ -78,6 +79,8 @@ def import_maniskill():
     try:
         import gymnasium as gym
         import mani_skill.envs  # noqa: F401  (registers the environments)
+
+        import mepoly_il.envs.maniskill_reacharound  # noqa: F401  (registers this package's ReachAround-v1)
     except Exception as err:  # a broken simulator install should fail with one line, not a deep traceback
         reason = str(err).splitlines()[0][:200] if str(err) else ""
         raise UserError(

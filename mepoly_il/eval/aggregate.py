@@ -327,3 +327,71 @@ def to_csv(summary: dict[str, Any]) -> str:
             values = [fmt(g[f"{key}_{stat}"]) for key in keys]
             writer.writerow([g["env_id"], g["method"], stat, *values, "", "", "", ""])
     return buf.getvalue()
+
+
+# -- modes -----------------------------------------------------------------------------------------------------------
+def mode_rows(eval_infos: list[str | os.PathLike]) -> list[dict[str, Any]]:
+    """One row per ``eval_info.json`` that has per-mode counts (tasks with a mode function, see
+    :func:`mepoly_il.eval.rollout.mode_counts`): method, env_id, train_seed, success_once, n_episodes, modes."""
+    rows = []
+    for path in eval_infos:
+        prov, point = read_eval_info(path)
+        modes = _load_json(Path(path))["aggregated"].get("modes")
+        if modes is None:
+            continue
+        rows.append(
+            {
+                "method": prov["method"],
+                "env_id": prov["env_id"],
+                "train_seed": prov.get("train_seed"),
+                "success_once": point.success_once,
+                "n_episodes": point.n_episodes,
+                "modes": modes,
+                "file": str(path),
+            }
+        )
+    return rows
+
+
+def modes_markdown(groups: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown table of :func:`mode_rows` grouped by a label (e.g. the run folder): per seed the final
+    success_once and, per mode, successes / episodes and the share of all successes."""
+    labels = sorted({m for rows in groups.values() for r in rows for m in r["modes"]})
+    head = "| runs | seed | success_once | episodes | " + " | ".join(f"{m}: succ/eps (share)" for m in labels) + " |"
+    lines = [head, "|" + "---|" * (4 + len(labels))]
+    for name, rows in groups.items():
+        for r in sorted(rows, key=lambda r: (r["train_seed"] is None, r["train_seed"] or 0)):
+            cells = []
+            for m in labels:
+                v = r["modes"].get(m, {"episodes": 0, "successes": 0, "success_share": None})
+                share = "-" if v["success_share"] is None else f"{100 * v['success_share']:.0f}%"
+                cells.append(f"{v['successes']}/{v['episodes']} ({share})")
+            lines.append(
+                f"| {name} | {r['train_seed']} | {r['success_once']:.2f} | {r['n_episodes']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    lines += [
+        "",
+        "share = the mode's fraction of all successful episodes of that evaluation; a rollout's mode is measured from "
+        "its own trajectory (the task's mode function), not from any label.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_mode_table(runs: str | os.PathLike, methods: list[str], out: str | os.PathLike) -> Path:
+    """``modes_markdown`` of every ``<runs>/<method>/**/final_eval/**/eval_info.json`` -> ``out`` (markdown) and
+    the rows as JSON next to it (same stem)."""
+    from mepoly_il.utils import atomic_path, write_json_atomic
+
+    groups = {}
+    for method in methods:
+        files = sorted((Path(runs) / method).glob(f"**/final_eval/**/{EVAL_INFO_NAME}"))
+        groups[method] = mode_rows(files)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = modes_markdown(groups)
+    with atomic_path(out, overwrite=True) as tmp:
+        tmp.write_text(text)
+    write_json_atomic(out.with_suffix(".json"), groups)
+    return out

@@ -121,6 +121,14 @@ def env_spec_for(
 
 
 # -- rollout ---------------------------------------------------------------------------------------------------------
+def rollout_mode_fn(env_id: str) -> Callable[[np.ndarray], str] | None:
+    """The registered task's mode-label function (:attr:`mepoly_il.tasks.TaskSpec.mode_fn`), or None."""
+    from mepoly_il.tasks import find_task, load_mode_fn
+
+    task = find_task(env_id)
+    return load_mode_fn(task) if task is not None else None
+
+
 @dataclass
 class RolloutResult:
     """Per-episode rows in seed order, videos frames of the first episodes, and wall-clock split."""
@@ -158,6 +166,8 @@ def run_episodes(
 
     ``env`` is an :class:`~mepoly_il.envs.maniskill.EvalVecEnv`. The last batch may be partial: its spare envs run
     on the following seeds and are discarded. ``on_batch(n_done)`` is called after every batch (progress bars).
+    For a task with a mode function every row also gets ``mode``: the label of the episode's own observations
+    (reset and every step, (max_episode_steps + 1, Ds)).
     """
     if policy.obs_dim != env.obs_dim or policy.act_dim != env.act_dim:
         where = policy.meta.get("checkpoint", "policy")
@@ -166,6 +176,7 @@ def run_episodes(
             f"({env.spec.control_mode}) obs={env.obs_dim} act={env.act_dim}; the dataset and env disagree"
         )
     n_env, horizon = env.num_envs, env.spec.max_episode_steps
+    mode_fn = rollout_mode_fn(env.spec.env_id)
     result = RolloutResult(rows=[])
     t_start = time.perf_counter()
     with _policy_eval_mode(policy, seeds[0]):
@@ -177,6 +188,7 @@ def run_episodes(
             t0 = time.perf_counter()
             obs = env.reset(batch)
             result.env_sec += time.perf_counter() - t0
+            trajectory = [obs.cpu().numpy()] if mode_fn is not None else None
             policy.reset()
             if record:
                 for i, frame in enumerate(env.render()):
@@ -196,6 +208,8 @@ def run_episodes(
                 result.policy_sec += t1 - t0
                 obs, success[:, t], truncated = out.obs, out.success, out.truncated
                 returns += out.reward
+                if trajectory is not None:
+                    trajectory.append(obs.cpu().numpy())
                 if record:
                     for i, frame in enumerate(env.render()):
                         if i in record:
@@ -215,6 +229,7 @@ def run_episodes(
                         "first_success_step": int(hits[0]) + 1 if hits.size else None,
                         "episode_len": int(horizon),
                         "return": float(returns[i]),
+                        **({"mode": str(mode_fn(np.stack(trajectory)[:, i]))} if trajectory is not None else {}),
                     }
                 )
             if on_batch is not None:
@@ -224,15 +239,41 @@ def run_episodes(
 
 
 def aggregate_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean success_once / success_at_end / return over episodes."""
+    """Mean success_once / success_at_end / return over episodes; with mode labels also :func:`mode_counts`."""
     n = len(rows)
     mean = lambda key: float(np.mean([float(r[key]) for r in rows])) if n else math.nan
-    return {
+    out = {
         "success_once": mean("success_once"),
         "success_at_end": mean("success_at_end"),
         "return": mean("return"),
         "n_episodes": n,
     }
+    if rows and all("mode" in r for r in rows):
+        out["modes"] = mode_counts(rows)
+    return out
+
+
+def mode_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per mode label (sorted): ``episodes``, ``successes`` (success_once) and ``success_share``, the fraction of
+    all successful episodes that followed this mode (null when no episode succeeded)."""
+    total = sum(bool(r["success_once"]) for r in rows)
+    out = {}
+    for mode in sorted({str(r["mode"]) for r in rows}):
+        mine = [r for r in rows if str(r["mode"]) == mode]
+        wins = sum(bool(r["success_once"]) for r in mine)
+        out[mode] = {"episodes": len(mine), "successes": wins, "success_share": wins / total if total else None}
+    return out
+
+
+def format_modes(aggregated: dict[str, Any]) -> str | None:
+    """One line for the per-mode counts of an ``aggregated`` dict, e.g. ``modes: left 40/41 (51% of successes),
+    ...``; None when the evaluation has no mode labels."""
+    modes = aggregated.get("modes")
+    if not modes:
+        return None
+    share = lambda v: "-" if v["success_share"] is None else f"{100 * v['success_share']:.0f}%"  # noqa: E731
+    parts = [f"{m} {v['successes']}/{v['episodes']} ({share(v)} of successes)" for m, v in modes.items()]
+    return "modes (successes/episodes): " + ", ".join(parts)
 
 
 def write_video(path: str | os.PathLike, frames: list[np.ndarray], fps: int = 20) -> Path:

@@ -40,6 +40,8 @@ class MePolyVAEConfig(PolicyShape):
             is sharper than the floor (0: no floor, as before). Bounds how peaked the stage-2 prior must become.
         latent_embed: embed z with one Linear(dz, d_model) before every AdaLN's SiLU (False: SiLU on the raw z,
             whose slope is about 13x smaller at z = -1 than at z = +1, hiding the negative half of each axis).
+        fixed_latent: decode every chunk with z = 0 (training and acting), so the decoder is a deterministic
+            observation-to-chunk regressor trained by MSE: the unimodal baseline of an ablation, not MePoly.
     """
 
     latent_dim: int = 3
@@ -52,6 +54,7 @@ class MePolyVAEConfig(PolicyShape):
     dropout: float = 0.1
     min_posterior_std: float = 0.0
     latent_embed: bool = False
+    fixed_latent: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,6 +74,7 @@ class MePolyVAEConfig(PolicyShape):
                 "[-1, 1]; 0 disables the floor)"
             )
         self.latent_embed = bool(self.latent_embed)
+        self.fixed_latent = bool(self.fixed_latent)
 
 
 @dataclass

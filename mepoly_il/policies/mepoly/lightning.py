@@ -213,6 +213,14 @@ class Stage1Module(_MePolyModule):
             idx = np.sort(gen.choice(len(ds), size=min(len(ds), 8192), replace=False))
             self.iso_ref.fill_(mean_pairwise_distance(torch.as_tensor(ds[idx]["action"])))
 
+    def _sync_average_models(self) -> None:
+        super()._sync_average_models()
+        # iso_ref is not in the state dict, so the EMA copy (which validates and is saved) gets it here.
+        for cb in self.trainer.callbacks:
+            avg = getattr(cb, "_average_model", None)
+            if avg is not None and hasattr(avg.module, "iso_ref"):
+                avg.module.iso_ref.fill_(float(self.iso_ref))
+
     @classmethod
     def count_parameters(cls, model: dict[str, Any], data: dict[str, Any]) -> str:
         """One line with the parameter count of the configured network (used by ``--print_config``)."""

@@ -101,7 +101,9 @@ class MePolyPolicy(BasePolicy):
         return self.obs_encoder(obs)
 
     def decode(self, z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """z (B, dz), memory (B, To, d) -> (B, T, Da) normalized actions."""
+        """z (B, dz), memory (B, To, d) -> (B, T, Da) normalized actions (z ignored with ``fixed_latent``)."""
+        if self.policy_config.fixed_latent:
+            z = torch.zeros_like(z)
         return self.decoder(z, memory)
 
     def prior_dist(self, obs: torch.Tensor):
