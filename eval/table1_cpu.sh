@@ -30,8 +30,8 @@
 #             bash eval/table1_cpu.sh
 set -euo pipefail
 
-# default: the registered tasks this package can make demos for (mepoly_il/tasks.py); D5 for PushT-v1
-TASKS=${TASKS:-$(${PYTHON:-python} -c "from mepoly_il.tasks import task_ids; print(*task_ids(with_demos=True))")}
+# default: the paper's four Table 1 tasks (all registered with a demo source in mepoly_il/tasks.py); D5 for PushT-v1
+TASKS=${TASKS:-"PushCube-v1 PickCube-v1 StackCube-v1 PushT-v1"}
 SEEDS=${SEEDS:-"0 1 2"}
 NUM_DEMOS=${NUM_DEMOS:-100}     # unchanged
 EPISODES=${EPISODES:-20}        # D2 (paper: 100)
