@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mepoly_il.cli import OneLineParser
+
 PROG = "mepoly-il data"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="ManiSkill demonstrations -> zarr datasets for imitation learning.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

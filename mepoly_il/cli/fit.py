@@ -152,6 +152,15 @@ def main(argv: list[str]) -> int:
             if cfg.trainer.default_root_dir is None and cfg.data.path:
                 cfg.trainer.default_root_dir = str(Path("checkpoints") / stage / Path(cfg.data.path).stem)
                 print(f"# trainer.default_root_dir: {cfg.trainer.default_root_dir}", file=sys.stderr)
+            accelerator = str(cfg.trainer.accelerator)
+            if accelerator in ("gpu", "cuda"):
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise UserError(
+                        f"--trainer.accelerator {accelerator}: CUDA is not available on this machine; "
+                        "use --trainer.accelerator cpu"
+                    )
             # Before the Trainer exists: a refused run must leave no lightning_logs/version_N behind.
             ckpt_path = cfg.get("ckpt_path")
             if ckpt_path is not None and ckpt_path not in LIGHTNING_CKPT_ALIASES:
