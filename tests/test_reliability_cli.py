@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -671,3 +672,23 @@ def test_eval_episodes_default_is_the_tasks(monkeypatch):
     assert default_episodes(ckpt("PushCube-v1")) == TASKS["PushCube-v1"].eval_episodes
     assert default_episodes(ckpt("Unregistered-v0")) == 100
     assert default_episodes({"state_dict": {}}) == 100
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [(["--trainer.max_steps", "-5"], "max_steps"), (["--model.policy.latent_dim", "0"], "latent_dim=0")],
+    ids=["trainer-error", "model-error"],
+)
+def test_fit_config_error_is_the_only_line_of_stderr(tmp_path, extra, expected):
+    """In a fresh process (no earlier test's logging set-up): Lightning's "Seed set to 0" and any other log line
+    are held back until the run is set up, so a config error is the one line on stderr."""
+    import subprocess
+    import sys
+
+    ds = make_synthetic_dataset(tmp_path / "d.zarr", num_episodes=4, length=(10, 14))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    argv = [sys.executable, "-m", "mepoly_il", *_fit(ds, tmp_path / "r", *extra)]
+    res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and expected in lines[0], res.stderr
+    assert not (tmp_path / "r").exists()
