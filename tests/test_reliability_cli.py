@@ -557,7 +557,11 @@ FIT_CASES: list[Case] = [
             str(_frozen("mepoly_stage1.ckpt")),
             "--model.policy.poly_order",
             "200",
-        ),  # fmt: skip
+            "--data.act_horizon",  # the frozen stage 1's horizons (2, 4, 8)
+            "4",
+            "--data.pred_horizon",
+            "8",
+        ),
         "poly_order",
     ),
     (

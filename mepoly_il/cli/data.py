@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from mepoly_il.cli import OneLineParser
+from mepoly_il.errors import UserError
 
 PROG = "mepoly-il data"
 
@@ -94,6 +95,8 @@ def main(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command in ("generate", "prepare") and args.seed < 0:
+        raise UserError(f"--seed {args.seed}: episode seeds start at 0; pass --seed 0 or more")
     if args.command == "generate":
         from mepoly_il.data.maniskill import generate
 

@@ -94,6 +94,10 @@ def prepare_run_dir(root: Path, ckpt_path: str | None, overwrite: bool) -> None:
     print(f"# --overwrite: removed the earlier run's {' and '.join(RUN_SUBDIRS)} in {root}", file=sys.stderr)
 
 
+class _TrainerValueError(Exception):
+    """A ValueError raised while the Trainer is built from the command line's settings (a user mistake)."""
+
+
 class HeldLogs:
     """Hold Lightning's log records (e.g. "Seed set to 0", the accelerator lines) while a run is being set up: a
     setup that fails then prints only its one error line; one that succeeds replays them in order."""
@@ -225,13 +229,21 @@ def main(argv: list[str]) -> int:
 
             try:
                 super().instantiate_classes()
-            except MisconfigurationException as err:
+            except (MisconfigurationException, _TrainerValueError) as err:
                 held.stop(replay=False)
                 raise UserError(f"{str(err).strip().splitlines()[0]} (see `mepoly-il fit {stage} --help`)") from None
             except BaseException:
                 held.stop(replay=False)
                 raise
             held.stop(replay=True)
+
+        def instantiate_trainer(self, **kwargs):
+            # Lightning reports an unknown accelerator, strategy or precision name as ValueError while building the
+            # Trainer (before anything is written); only those are turned into one line.
+            try:
+                return super().instantiate_trainer(**kwargs)
+            except ValueError as err:
+                raise _TrainerValueError(str(err)) from None
 
         def parse_arguments(self, parser, args) -> None:
             # --print_config exits inside parsing; first report the model size to stderr (stdout stays valid YAML)
