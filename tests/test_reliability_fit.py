@@ -216,3 +216,19 @@ def test_polynomial_size_is_checked_before_building():
     with pytest.raises(UserError, match=r"poly_order 200 with latent_dim 3 .* use poly_order <= 21"):
         MePolyConfig(**shape, latent_dim=3, poly_order=200)
     assert MePolyConfig(**shape, latent_dim=3, poly_order=20).poly_order == 20
+
+
+def test_epoch_batch_sampler_is_a_stream_resumable_at_any_batch():
+    from mepoly_il.data.datamodule import EpochBatchSampler
+
+    whole = EpochBatchSampler(10, 3, True, seed=5)
+    stream = [b.tolist() for _ in range(3) for b in whole]  # three epochs of 3 batches, iterated plainly
+    assert len(whole) == 3 and len(stream) == 9
+    assert stream[:3] != stream[3:6]  # each epoch its own order
+    for taken in range(9):  # a new sampler that starts where a consumer stopped gives the rest of that epoch
+        again = EpochBatchSampler(10, 3, True, seed=5, start=lambda taken=taken: taken)
+        assert [b.tolist() for b in again] == stream[taken : (taken // 3 + 1) * 3]
+    rounded = EpochBatchSampler(10, 3, True, seed=5, start=lambda: 4, whole_epochs=True)
+    assert [b.tolist() for b in rounded] == stream[3:6]
+    other = EpochBatchSampler(10, 3, True, seed=6)
+    assert [b.tolist() for b in other] != stream[:3]
