@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -316,9 +317,302 @@ SIM_CASES: list[Case] = [
         "control mode pd_warp is not one of PushCube-v1's robot",
     ),
 ]
+
+
+def _rl(method: str, *flags: str, head: str | None = "mepoly", env: str = "bandit-lemniscate"):
+    """``rl METHOD`` with a tiny budget (were a bad value accepted, the row would fail fast), output in tmp/rl."""
+    budget = {"ppo": ["--iterations", "1", "--num_steps", "4", "--num_envs", "2"], "rpg": ["--iterations", "1"],
+              "sac": ["--total_steps", "8"], "s2ac": ["--total_steps", "8"]}[method]  # fmt: skip
+    head_flags = ["--head", head] if head and method in ("ppo", "sac") else []
+    return lambda t, d: ["rl", method, "--env", env, *head_flags, "--out", str(t / "rl"), *budget,
+                         *[f.replace("{tmp}", str(t)) for f in flags]]  # fmt: skip
+
+
+def _text_file(tmp: Path, name: str, content: str = "hello") -> Path:
+    path = tmp / name
+    path.write_text(content)
+    return path
+
+
+def _eval(*flags: str):
+    return lambda t, d: ["eval", "run", str(_fake_ckpt(t / "r" / "a.ckpt")), "--episodes", "2", *flags]
+
+
+def _fit_kind(kind: str, ds: Path, root: Path, *extra: str) -> list[str]:
+    """A ``fit KIND`` of the synthetic dataset with the horizons it needs (no registered task)."""
+    horizons = ["--data.obs_horizon", "2", "--data.act_horizon", "8", "--data.pred_horizon", "16"]
+    return ["fit", kind, "--config", f"configs/{kind}/cpu.yaml", "--data.path", str(ds), *horizons,
+            "--trainer.default_root_dir", str(root), "--trainer.max_steps", "2", *extra]  # fmt: skip
+
+
+# The rest of the corpus, by command group; each row a different mistake (or the same one in another command).
+RL_CASES: list[Case] = [
+    *[(f"rl-{m}-order-300", _rl(m, "--order", "300"), "use --order <= 177") for m in ("ppo", "sac")],
+    ("rl-s2ac-order-300", _rl("s2ac", "--order", "300"), "unrecognized arguments: --order 300"),  # no polynomial
+    ("rl-rpg-toy-order-300", _rl("rpg", "--order", "300", env="toy1d"), "--order"),
+    ("rl-ppo-order-negative", _rl("ppo", "--order", "-1"), "order"),
+    ("rl-sac-order-negative", _rl("sac", "--order", "-1"), "order"),
+    ("rl-ppo-order-zero", _rl("ppo", "--order", "0"), "order"),
+    ("rl-s2ac-particles-zero", _rl("s2ac", "--particles", "0"), "particles"),
+    ("rl-ppo-nodes-one", _rl("ppo", "--nodes", "1"), "nodes"),
+    ("rl-sac-nodes-one", _rl("sac", "--nodes", "1"), "nodes"),
+    ("rl-ppo-components-zero", _rl("ppo", "--components", "0", head="gmm"), "components"),
+    ("rl-sac-components-zero", _rl("sac", "--components", "0", head="gmm"), "components"),
+    ("rl-ppo-sigma-zero", _rl("ppo", "--sigma", "0"), "sigma"),
+    ("rl-rpg-sigma-zero", _rl("rpg", "--sigma", "0"), "sigma"),
+    ("rl-ppo-lr-negative", _rl("ppo", "--lr", "-1"), "lr"),
+    ("rl-rpg-lr-negative", _rl("rpg", "--lr", "-1"), "lr"),
+    ("rl-sac-actor-lr-negative", _rl("sac", "--actor_lr", "-1"), "actor_lr=-1.0 must be > 0"),
+    ("rl-s2ac-critic-lr-negative", _rl("s2ac", "--critic_lr", "-1"), "critic_lr=-1.0 must be > 0"),
+    ("rl-ppo-num-envs-zero", _rl("ppo", "--num_envs", "0"), "--num-envs 0"),
+    ("rl-sac-num-envs-zero", _rl("sac", "--num_envs", "0"), "num_envs=0 must be"),
+    ("rl-ppo-seed-negative", _rl("ppo", "--seed", "-1"), "--seed -1"),
+    ("rl-sac-seed-negative", _rl("sac", "--seed", "-1"), "--seed -1"),
+    ("rl-ppo-unknown-env", _rl("ppo", env="bandit-nope"), "bandit-nope"),
+    ("rl-sac-unknown-env", _rl("sac", env="mars"), "mars"),
+    ("rl-rpg-unknown-env", _rl("rpg", env="mars"), "mars"),
+    ("rl-ppo-unknown-head", _rl("ppo", head="transformer"), "transformer"),
+    ("rl-sac-unknown-head", _rl("sac", head="fpo"), "fpo"),
+    ("rl-ppo-unknown-flag", _rl("ppo", "--warp", "9"), "--warp"),
+    ("rl-s2ac-unknown-flag", _rl("s2ac", "--warp", "9"), "--warp"),
+    ("rl-ppo-gamma-above-one", _rl("ppo", "--gamma", "2"), "gamma"),
+    ("rl-sac-tau-above-one", _rl("sac", "--tau", "2"), "tau"),
+    ("rl-ppo-iterations-zero", _rl("ppo", "--iterations", "0"), "iterations"),
+    ("rl-sac-total-steps-zero", _rl("sac", "--total_steps", "0"), "total_steps=0 must be"),
+    ("rl-sac-batch-size-zero", _rl("sac", "--batch_size", "0"), "batch_size=0 must be"),
+    ("rl-ppo-minibatches-zero", _rl("ppo", "--num_minibatches", "0"), "--num-minibatches 0"),
+    ("rl-ppo-clip-negative", _rl("ppo", "--clip_coef", "-0.2"), "--clip-coef -0.2"),
+    ("rl-ppo-quadrature-bogus", _rl("ppo", "--quadrature", "simpson"), "simpson"),
+    ("rl-ppo-basis-bogus", _rl("ppo", "--basis", "fourier"), "fourier"),
+    ("rl-rpg-latents-zero", _rl("rpg", "--latents", "0"), "latents"),
+    ("rl-ppo-eval-episodes-zero", _rl("ppo", "--eval_episodes", "0"), "--eval-episodes 0"),
+    ("rl-s2ac-autotune", _rl("s2ac", "--autotune", "true"), "--autotune true"),
+    ("rl-ppo-out-is-file", _rl("ppo", "--out", "{tmp}/run/keep.txt"), "is an existing file"),
+    ("rl-ppo-out-exists", _rl("ppo", "--out", "{tmp}/run"), "already exists"),
+    ("rl-ppo-out-other-dir-overwrite", _rl("ppo", "--out", "{tmp}/run", "--overwrite"), "not an `rl` run folder"),
+    ("rl-sac-out-parent-is-file", _rl("sac", "--out", "{tmp}/run/keep.txt/x"), "is not a directory"),
+    ("rl-unknown-command", lambda t, d: ["rl", "a2c"], "unknown rl command 'a2c'"),
+    ("rl-report-missing-root", lambda t, d: ["rl", "report", str(t / "nope"), "--out", str(t / "rep")], "nope"),
+    (
+        "rl-sweep-unknown-env",
+        lambda t, d: ["rl", "sweep", "--envs", "mars", "--heads", "mepoly", "--seeds", "0", "--out", str(t / "sw")],
+        "mars",
+    ),
+    (
+        "rl-sweep-jobs-zero",
+        lambda t, d: [
+            "rl",
+            "sweep",
+            "--envs",
+            "bandit-lemniscate",
+            "--seeds",
+            "0",
+            "--jobs",
+            "0",
+            "--out",
+            str(t / "s"),
+        ],
+        "--jobs 0: must be >= 1",
+    ),
+]
+EVAL_CASES: list[Case] = [
+    ("eval-episodes-zero", _eval("--episodes", "0"), "episodes"),
+    ("eval-episodes-negative", _eval("--episodes", "-3"), "episodes"),
+    ("eval-seed-negative", _eval("--seed", "-1"), "seed"),
+    ("eval-video-negative", _eval("--video", "-1"), "--video must be >= 0"),
+    ("eval-num-envs-negative", _eval("--num-envs", "-2"), "--num-envs must be >= 1"),
+    ("eval-steps-negative", _eval("--max-episode-steps", "-5"), "--max-episode-steps"),
+    ("eval-reconfig-very-negative", _eval("--reconfiguration-freq", "-100"), "--reconfiguration-freq"),
+    ("eval-device-cuda-index", _eval("--device", "cuda:7"), "--device cuda:7"),
+    ("eval-device-mps", _eval("--device", "mps"), "only cpu and cuda"),
+    ("eval-sim-backend-bogus", _eval("--sim-backend", "warp"), "warp"),
+    ("eval-episodes-not-int", _eval("--episodes", "ten"), "ten"),
+    ("eval-unknown-flag", _eval("--fast"), "--fast"),
+    ("eval-missing-ckpt", lambda t, d: ["eval", "run", str(t / "nope.ckpt"), "--episodes", "2"], "nope.ckpt"),
+    ("eval-text-ckpt", lambda t, d: ["eval", "run", str(_ckpt_file(t, b"hello")), "--episodes", "2"], "bad.ckpt"),
+    ("eval-empty-ckpt", lambda t, d: ["eval", "run", str(_ckpt_file(t, b"")), "--episodes", "2"], "empty file"),
+    ("eval-truncated-ckpt", lambda t, d: ["eval", "run", str(_truncated_ckpt(t)), "--episodes", "2"], "truncated"),
+    (
+        "eval-future-format-ckpt",
+        lambda t, d: ["eval", "run", str(_ckpt_file(t, None, format_version=99)), "--episodes", "2"],
+        "format version 99",
+    ),
+    ("eval-dir-without-ckpts", lambda t, d: ["eval", "run", str(t / "run"), "--episodes", "2"], "run"),
+    ("eval-dataset-as-ckpt", lambda t, d: ["eval", "run", str(d), "--episodes", "2"], "d.zarr"),
+    ("eval-no-command", lambda t, d: ["eval", "rollout", "x.ckpt"], "rollout"),
+    ("eval-summary-missing-dir", lambda t, d: ["eval", "summary", str(t / "nope"), "--out", str(t / "s")], "nope"),
+    ("eval-summary-top-k-zero", lambda t, d: ["eval", "summary", str(t / "run"), "--top-k", "0"], "top-k"),
+    ("eval-summary-source-bogus", lambda t, d: ["eval", "summary", str(t / "run"), "--source", "x"], "source"),
+    ("eval-summary-no-dirs", lambda t, d: ["eval", "summary"], "RUN_DIR"),
+]
+DATA_CASES: list[Case] = [
+    ("inspect-missing", lambda t, d: ["data", "inspect", str(t / "nope.zarr")], "nope.zarr"),
+    ("inspect-a-text-file", lambda t, d: ["data", "inspect", str(_text_file(t, "x.zarr"))], "x.zarr"),
+    ("inspect-a-plain-dir", lambda t, d: ["data", "inspect", str(t / "run")], "run"),
+    ("inspect-no-path", lambda t, d: ["data", "inspect"], "path"),
+    ("data-unknown-command", lambda t, d: ["data", "shuffle", str(d)], "shuffle"),
+    (
+        "export-missing-source",
+        lambda t, d: ["data", "export-lerobot", str(t / "no.zarr"), "--out", str(t / "e")],
+        "no.zarr",
+    ),
+    ("export-no-out", lambda t, d: ["data", "export-lerobot", str(d)], "--out"),
+    (
+        "convert-src-missing",
+        lambda t, d: ["data", "convert", "--src", str(t / "no.h5"), "--out", str(t / "c.zarr")],
+        "no.h5",
+    ),
+    (
+        "convert-json-missing",
+        lambda t, d: ["data", "convert", "--src", str(_no_json(t)), "--out", str(t / "c.zarr")],
+        ".json",
+    ),
+    (
+        "convert-src-not-h5",
+        lambda t, d: ["data", "convert", "--src", str(_text_file(t, "t.h5")), "--out", str(t / "c.zarr")],
+        "t.h5",
+    ),
+    ("convert-workers-zero", lambda t, d: _convert(_demos(t), "--workers", "0"), "--workers"),
+    ("convert-out-is-file", lambda t, d: _convert(_demos(t))[:-2] + ["--out", str(t / "run" / "keep.txt")], "keep.txt"),
+    ("convert-out-exists", lambda t, d: _convert(_demos(t))[:-2] + ["--out", str(d)], "already exists"),
+    (
+        "prepare-num-demos-zero",
+        lambda t, d: ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "0", "--out", str(t / "p.zarr")],
+        "--num-demos",
+    ),
+    (
+        "prepare-num-demos-negative",
+        lambda t, d: ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "-4", "--out", str(t / "p.zarr")],
+        "--num-demos",
+    ),
+    (
+        "prepare-unknown-env",
+        lambda t, d: ["data", "prepare", "--env-id", "Nope-v9", "--num-demos", "2", "--out", str(t / "p.zarr")],
+        "Nope-v9",
+    ),
+    (
+        "prepare-workers-zero",
+        lambda t, d: (
+            ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "2", "--workers", "0"]
+            + ["--out", str(t / "p.zarr")]
+        ),  # fmt: skip
+        "--workers",
+    ),
+    (
+        "prepare-seed-negative",
+        lambda t, d: (
+            ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "2", "--seed", "-1"]
+            + ["--out", str(t / "p.zarr")]
+        ),  # fmt: skip
+        "--seed",
+    ),
+    (
+        "prepare-out-exists",
+        lambda t, d: ["data", "prepare", "--env-id", "PushCube-v1", "--num-demos", "2", "--out", str(d)],
+        "already exists",
+    ),
+    (
+        "generate-num-demos-zero",
+        lambda t, d: ["data", "generate", "--env-id", "PushCube-v1", "--num-demos", "0", "--out", str(t / "g")],
+        "--num-demos",
+    ),
+    (
+        "generate-unknown-env",
+        lambda t, d: ["data", "generate", "--env-id", "Nope-v9", "--num-demos", "2", "--out", str(t / "g")],
+        "Nope-v9",
+    ),
+    (
+        "generate-out-exists",
+        lambda t, d: ["data", "generate", "--env-id", "PushCube-v1", "--num-demos", "2", "--out", str(t / "run")],
+        "already exists",
+    ),
+    (
+        "generate-num-demos-not-int",
+        lambda t, d: ["data", "generate", "--env-id", "PushCube-v1", "--num-demos", "many", "--out", str(t / "g")],
+        "many",
+    ),
+]
+FIT_CASES: list[Case] = [
+    ("fit-unknown-target", lambda t, d: ["fit", "stage3"], "stage3"),
+    ("fit-data-path-missing", lambda t, d: _fit(t / "no.zarr", t / "r"), "no.zarr"),
+    ("fit-data-path-not-zarr", lambda t, d: _fit(t / "run", t / "r"), "run"),
+    ("fit-batch-size-zero", lambda t, d: _fit(d, t / "r", "--data.batch_size", "0"), "batch_size"),
+    ("fit-val-ratio-above-one", lambda t, d: _fit(d, t / "r", "--data.val_ratio", "1.5"), "val_ratio"),
+    ("fit-max-episodes-zero", lambda t, d: _fit(d, t / "r", "--data.max_episodes", "0"), "max_episodes"),
+    ("fit-norm-margin-two", lambda t, d: _fit(d, t / "r", "--data.norm_margin", "2"), "norm_margin"),
+    ("fit-horizons-inconsistent", lambda t, d: _fit(d, t / "r", "--data.act_horizon", "20"), "horizon"),
+    ("fit-lr-schedule-bogus", lambda t, d: _fit(d, t / "r", "--model.lr_schedule", "linear"), "lr_schedule"),
+    ("fit-config-missing", lambda t, d: _fit(d, t / "r", "--config", str(t / "no.yaml")), "no.yaml"),
+    ("fit-precision-bogus", lambda t, d: _fit(d, t / "r", "--trainer.precision", "7-bit"), "precision"),
+    ("fit-accelerator-bogus", lambda t, d: _fit(d, t / "r", "--trainer.accelerator", "abacus"), "abacus"),
+    ("fit-latent-dim-negative", lambda t, d: _fit(d, t / "r", "--model.policy.latent_dim", "-2"), "latent_dim"),
+    ("fit-dropout-above-one", lambda t, d: _fit(d, t / "r", "--model.policy.dropout", "1.5"), "dropout"),
+    (
+        "fit-stage2-poly-order-200",
+        lambda t, d: _fit_kind(
+            "stage2",
+            d,
+            t / "r",
+            "--model.stage1_ckpt",
+            str(_frozen("mepoly_stage1.ckpt")),
+            "--model.policy.poly_order",
+            "200",
+            "--data.act_horizon",  # the frozen stage 1's horizons (2, 4, 8)
+            "4",
+            "--data.pred_horizon",
+            "8",
+        ),
+        "poly_order",
+    ),
+    (
+        "fit-stage2-stage1-missing",
+        lambda t, d: _fit_kind("stage2", d, t / "r", "--model.stage1_ckpt", str(t / "no.ckpt")),
+        "no.ckpt",
+    ),
+    (
+        "fit-stage2-stage1-text",
+        lambda t, d: _fit_kind("stage2", d, t / "r", "--model.stage1_ckpt", str(_ckpt_file(t, b"hi"))),
+        "bad.ckpt",
+    ),
+    (
+        "fit-stage2-stage1-is-dp",
+        lambda t, d: _fit_kind("stage2", d, t / "r", "--model.stage1_ckpt", str(_frozen("dp.ckpt"))),
+        "dp.ckpt",
+    ),
+    ("fit-dp-pred-horizon-odd", lambda t, d: _fit_kind("dp", d, t / "r", "--data.pred_horizon", "18"), "pred_horizon"),
+    (
+        "fit-dp-ckpt-of-stage1",
+        lambda t, d: _fit_kind("dp", d, t / "r", "--ckpt_path", str(_frozen("mepoly_stage1.ckpt"))),
+        "stage1",
+    ),
+    ("top-unknown-group", lambda t, d: ["train", "stage1"], "unknown command group 'train'"),
+    ("demo-unknown-job", lambda t, d: ["demo", "rl"], "rl"),
+    ("demo-num-demos-not-int", lambda t, d: ["demo", "il", "--num-demos", "x"], "x"),
+]
+CASES += RL_CASES + EVAL_CASES + DATA_CASES + FIT_CASES
+
+
+def _no_json(tmp: Path) -> Path:
+    h5 = _demos(tmp)
+    h5.with_suffix(".json").unlink()
+    return h5
+
+
+def _frozen(name: str) -> Path:
+    return REPO / "tests" / "data" / "frozen" / name
+
+
 if not torch.cuda.is_available():
-    CASES.append(("eval-cuda-without-gpu", lambda t, d: ["eval", "run", "x.ckpt", "--device", "cuda"], "no CUDA GPU"))
-    CASES.append(("fit-gpu-without-gpu", lambda t, d: _fit(d, t / "r", "--trainer.accelerator", "gpu"), "gpu"))
+    CASES.append(
+        (
+            "eval-cuda-without-gpu",
+            lambda t, d: ["eval", "run", "x.ckpt", "--device", "cuda"],
+            "CUDA is not available on this machine; use --device cpu",
+        )
+    )
+    CASES.append(
+        ("fit-gpu-without-gpu", lambda t, d: _fit(d, t / "r", "--trainer.accelerator", "gpu"), "CUDA is not available")
+    )
 
 
 @pytest.mark.parametrize("setup,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -382,3 +676,23 @@ def test_eval_episodes_default_is_the_tasks(monkeypatch):
     assert default_episodes(ckpt("PushCube-v1")) == TASKS["PushCube-v1"].eval_episodes
     assert default_episodes(ckpt("Unregistered-v0")) == 100
     assert default_episodes({"state_dict": {}}) == 100
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [(["--trainer.max_steps", "-5"], "max_steps"), (["--model.policy.latent_dim", "0"], "latent_dim=0")],
+    ids=["trainer-error", "model-error"],
+)
+def test_fit_config_error_is_the_only_line_of_stderr(tmp_path, extra, expected):
+    """In a fresh process (no earlier test's logging set-up): Lightning's "Seed set to 0" and any other log line
+    are held back until the run is set up, so a config error is the one line on stderr."""
+    import subprocess
+    import sys
+
+    ds = make_synthetic_dataset(tmp_path / "d.zarr", num_episodes=4, length=(10, 14))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    argv = [sys.executable, "-m", "mepoly_il", *_fit(ds, tmp_path / "r", *extra)]
+    res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and expected in lines[0], res.stderr
+    assert not (tmp_path / "r").exists()

@@ -6,6 +6,7 @@ imported lazily so ``mepoly-il --help`` stays fast and a broken optional depende
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -19,6 +20,16 @@ GROUPS: dict[str, tuple[str, str]] = {
     "bench": ("mepoly_il.cli.bench", "performance benchmarks (ratios against a baseline in the same run)"),
     "demo": ("mepoly_il.cli.demo", "the main job behind `make demo`"),
 }
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one :class:`UserError` line (the CLI prints ``error: ...``, exit 2),
+    naming the problem and where the usage is, instead of the usage block followed by the error."""
+
+    def error(self, message: str):  # noqa: D102 (argparse's hook)
+        from mepoly_il.errors import UserError
+
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def _usage() -> str:
@@ -45,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     group = argv[0]
     if group not in GROUPS:
-        print(f"mepoly-il: unknown command group {group!r}; choose one of: {', '.join(GROUPS)}", file=sys.stderr)
+        print(f"mepoly-il: error: unknown command group {group!r}; choose one of: {', '.join(GROUPS)}", file=sys.stderr)
         return 2
     try:
         module = importlib.import_module(GROUPS[group][0])

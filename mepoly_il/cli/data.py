@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mepoly_il.cli import OneLineParser
+from mepoly_il.errors import UserError
+
 PROG = "mepoly-il data"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="ManiSkill demonstrations -> zarr datasets for imitation learning.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -92,6 +95,8 @@ def main(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command in ("generate", "prepare") and args.seed < 0:
+        raise UserError(f"--seed {args.seed}: episode seeds start at 0; pass --seed 0 or more")
     if args.command == "generate":
         from mepoly_il.data.maniskill import generate
 

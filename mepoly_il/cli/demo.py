@@ -10,7 +10,6 @@ a PNG grid plus a total-variation table (re-measures the paper's Fig. 3 claim).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -18,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from mepoly_il.cli import OneLineParser
 from mepoly_il.errors import UserError
 
 
@@ -164,7 +164,7 @@ def run_poly(out: Path, quick: bool) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mepoly-il demo", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="mepoly-il demo", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="job")
     il = sub.add_parser("il", help="PushCube: demos -> stage 1 -> stage 2 -> evaluation (default)")
     il.add_argument("--out", type=Path, default=Path("demo_out/il"), help="output folder")

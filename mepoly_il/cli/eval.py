@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from mepoly_il.cli import OneLineParser
 from mepoly_il.errors import UserError
 
 RUN_HELP = """\
@@ -24,7 +25,7 @@ sample std (ddof=1) across training seeds. Writes summary.md, summary.csv, summa
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="mepoly-il eval run", description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("path", metavar="CKPT_OR_DIR", help="a .ckpt from `mepoly-il fit`, or a run directory")
@@ -62,7 +63,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _summary_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mepoly-il eval summary", description=SUMMARY_HELP)
+    p = OneLineParser(prog="mepoly-il eval summary", description=SUMMARY_HELP)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run directories (one per seed), or parents")
     p.add_argument("--out", default="eval_summary", help="output directory (default ./eval_summary)")
     p.add_argument(
@@ -94,7 +95,7 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device!r}: not a torch device; use cpu or cuda (cuda:N)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu")
+            raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type != "cpu":

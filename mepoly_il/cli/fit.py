@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import logging
 import os
 import shutil
 import sys
@@ -93,6 +94,46 @@ def prepare_run_dir(root: Path, ckpt_path: str | None, overwrite: bool) -> None:
     print(f"# --overwrite: removed the earlier run's {' and '.join(RUN_SUBDIRS)} in {root}", file=sys.stderr)
 
 
+class _TrainerValueError(Exception):
+    """A ValueError raised while the Trainer is built from the command line's settings (a user mistake)."""
+
+
+class HeldLogs:
+    """Hold Lightning's log records (e.g. "Seed set to 0", the accelerator lines) while a run is being set up: a
+    setup that fails then prints only its one error line; one that succeeds replays them in order."""
+
+    NAMES = ("lightning.fabric", "lightning.pytorch")
+
+    def __init__(self) -> None:
+        self.records: list[logging.LogRecord] = []
+        self.saved: list[tuple[logging.Logger, list[logging.Handler], bool]] | None = None
+
+    def start(self) -> None:
+        if self.saved is not None:
+            return
+        held = self.records
+
+        class _Hold(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                held.append(record)
+
+        self.saved = []
+        for name in self.NAMES:
+            logger = logging.getLogger(name)
+            self.saved.append((logger, logger.handlers[:], logger.propagate))
+            logger.handlers, logger.propagate = [_Hold()], False
+
+    def stop(self, replay: bool) -> None:
+        if self.saved is None:
+            return
+        for logger, handlers, propagate in self.saved:
+            logger.handlers, logger.propagate = handlers, propagate
+        self.saved = None
+        records, self.records = self.records, []
+        for record in records if replay else ():
+            logging.getLogger(record.name).handle(record)
+
+
 def one_line_parse_errors(parse, stage: str) -> None:
     """Run ``parse()``; a config error (jsonargparse prints the usage, then exits 2) becomes one UserError line."""
     buf = io.StringIO()
@@ -138,7 +179,13 @@ def main(argv: list[str]) -> int:
         if value is not None and value not in LIGHTNING_CKPT_ALIASES and value.lower() not in ("null", "none"):
             check_resume_checkpoint(value, stage)
 
+    held = HeldLogs()
+
     class _CLI(LightningCLI):
+        def _set_seed(self) -> None:
+            held.start()  # until the classes are built: a config error is the only line printed
+            super()._set_seed()
+
         def add_arguments_to_parser(self, parser) -> None:  # noqa: D401
             from mepoly_il.policies.base import PolicyShape
 
@@ -146,12 +193,28 @@ def main(argv: list[str]) -> int:
                 parser.link_arguments(f"data.{key}", f"model.policy.{key}", apply_on="instantiate")
 
         def before_instantiate_classes(self) -> None:
+            try:
+                self._check_before_instantiating()
+            except BaseException:
+                held.stop(replay=False)
+                raise
+
+        def _check_before_instantiating(self) -> None:
             # The configs hold no task facts, so no per-task output folder either: default to
             # checkpoints/<stage>/<dataset name> rather than Lightning's current directory.
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             if cfg.trainer.default_root_dir is None and cfg.data.path:
                 cfg.trainer.default_root_dir = str(Path("checkpoints") / stage / Path(cfg.data.path).stem)
                 print(f"# trainer.default_root_dir: {cfg.trainer.default_root_dir}", file=sys.stderr)
+            accelerator = str(cfg.trainer.accelerator)
+            if accelerator in ("gpu", "cuda"):
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise UserError(
+                        f"--trainer.accelerator {accelerator}: CUDA is not available on this machine; "
+                        "use --trainer.accelerator cpu"
+                    )
             # Before the Trainer exists: a refused run must leave no lightning_logs/version_N behind.
             ckpt_path = cfg.get("ckpt_path")
             if ckpt_path is not None and ckpt_path not in LIGHTNING_CKPT_ALIASES:
@@ -166,8 +229,21 @@ def main(argv: list[str]) -> int:
 
             try:
                 super().instantiate_classes()
-            except MisconfigurationException as err:
+            except (MisconfigurationException, _TrainerValueError) as err:
+                held.stop(replay=False)
                 raise UserError(f"{str(err).strip().splitlines()[0]} (see `mepoly-il fit {stage} --help`)") from None
+            except BaseException:
+                held.stop(replay=False)
+                raise
+            held.stop(replay=True)
+
+        def instantiate_trainer(self, **kwargs):
+            # Lightning reports an unknown accelerator, strategy or precision name as ValueError while building the
+            # Trainer (before anything is written); only those are turned into one line.
+            try:
+                return super().instantiate_trainer(**kwargs)
+            except ValueError as err:
+                raise _TrainerValueError(str(err)) from None
 
         def parse_arguments(self, parser, args) -> None:
             # --print_config exits inside parsing; first report the model size to stderr (stdout stays valid YAML)
@@ -182,12 +258,19 @@ def main(argv: list[str]) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    _CLI(
+    try:
+        _run_cli(_CLI, model_cls, DemoDataModule, argv, stage)
+    finally:
+        held.stop(replay=False)  # e.g. --print_config exits before the classes are built
+    return 0
+
+
+def _run_cli(cli_cls, model_cls, datamodule_cls, argv: list[str], stage: str) -> None:
+    cli_cls(
         model_cls,
-        DemoDataModule,
+        datamodule_cls,
         args=["fit", *argv[1:]],
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": f"mepoly-il fit {stage}", "fit": {"default_env": False}},
     )
-    return 0

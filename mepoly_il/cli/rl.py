@@ -188,8 +188,32 @@ def _make_envs(kind: str, task: str, num_envs: int, env_cfg, seed: int):
     return VecSmoothWorld(task, num_envs, max_steps=env_cfg.max_steps, seed=seed), None
 
 
+def check_run_out(out: str, overwrite: bool) -> None:
+    """Before any work: ``--out`` must be a new folder in a writable place, or (with --overwrite) an earlier run
+    folder of these commands (it has a config.json); any other file or folder is never replaced."""
+    from mepoly_il.utils import check_output
+
+    is_run = (lambda p: (p / "config.json").is_file(), "an `rl` run folder (no config.json)")
+    check_output(out, [], overwrite=overwrite, kind="dir", replaceable=is_run)
+
+
+def check_head_size(head_kw: dict, act_dim: int) -> None:
+    """UserError if a polynomial head's ``--order`` over ``act_dim`` action dimensions cannot be trained (its
+    quadrature would not fit the polynomial family's memory budget), before anything is allocated."""
+    from mepoly_il.policies import poly_size_problem
+
+    order = head_kw.get("order")
+    problem = None if order is None else poly_size_problem(act_dim, int(order))
+    if problem is not None:
+        _, rest = problem.split(" has ", 1)
+        rest = rest.replace("use poly_order <=", "use --order <=")
+        raise UserError(f"--order {order} over {act_dim} action dimensions has {rest}")
+
+
 def _make_head(name: str, obs_dim: int, act_dim: int, head_kw: dict):
     from mepoly_il.rl.heads import make_head
+
+    check_head_size(head_kw, act_dim)
 
     if name == "rpg":  # lives beside its own trainer (rl/rpg.py imports heads, so heads cannot list it)
         from mepoly_il.rl.rpg import LatentPolicy
@@ -250,10 +274,9 @@ def _ppo_run(ns, head_name, ppo_cfg, head_cfg, env_cfg, eval_cfg, method: str, v
     import torch
 
     from mepoly_il.rl.ppo import ActorCritic, train_ppo
-    from mepoly_il.utils import check_output_path
 
     kind, task = parse_env(ns.env)
-    check_output_path(ns.out, ns.overwrite)
+    check_run_out(ns.out, ns.overwrite)
     torch.manual_seed(ns.seed)
     np.random.seed(ns.seed)
     envs, btask = _make_envs(kind, task, ppo_cfg.num_envs, env_cfg, ns.seed)
@@ -419,12 +442,11 @@ def run_sac(method: str, argv: list[str]) -> dict:
 
     from mepoly_il.eval.rl_eval import EvalView, variant_name
     from mepoly_il.rl.sac import TwinQ, make_actor, train_sac
-    from mepoly_il.utils import check_output_path
 
     ns, kind, task, (sac_cfg, actor_cfg, env_cfg, eval_cfg) = parse_method(method, argv)
     if method == "s2ac" and sac_cfg.autotune:
         raise UserError("--autotune true: S2AC samples exp(Q / alpha) at a fixed temperature; drop it and set --alpha")
-    check_output_path(ns.out, ns.overwrite)
+    check_run_out(ns.out, ns.overwrite)
     torch.manual_seed(ns.seed)
     np.random.seed(ns.seed)
     envs, btask = _make_envs(kind, task, sac_cfg.num_envs, env_cfg, ns.seed)
@@ -510,14 +532,14 @@ def run_rpg(argv: list[str]) -> dict:
 
     from mepoly_il.eval.rl_eval import eval_toy1d
     from mepoly_il.rl.rpg import train_rpg_bandit
-    from mepoly_il.utils import atomic_path, check_output_path, write_json_atomic
+    from mepoly_il.utils import atomic_path, write_json_atomic
 
     ns, kind, task, cfgs = parse_method("rpg", argv)
     if kind != "toy1d":
         ppo_cfg, head_cfg, env_cfg, eval_cfg = cfgs
         return _ppo_run(ns, "rpg", ppo_cfg, head_cfg, env_cfg, eval_cfg, "rpg", "rpg-latent-ppo")
     rpg_cfg, eval_cfg = cfgs
-    check_output_path(ns.out, ns.overwrite)
+    check_run_out(ns.out, ns.overwrite)
     config = {
         "env": ns.env,
         "kind": kind,
@@ -598,6 +620,8 @@ def _sweep(argv: list[str]) -> int:
     else:
         extra = []
     args = _parse(sweep_parser(), argv)
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: must be >= 1 (runs in parallel)")
     for e in args.envs:
         parse_env(e)
     jobs = []

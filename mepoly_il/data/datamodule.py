@@ -12,16 +12,22 @@ windows (:mod:`mepoly_il.data.windows`). A batch is a dict::
     action         (B, T, Da)  float32   normalized actions, edge-padded
     obs_is_pad     (B, To)     bool
     action_is_pad  (B, T)      bool
+
+Training batches come from :class:`EpochBatchSampler`: their order is a pure function of (seed, epoch), and the
+module counts the batches the fit loop has taken (``state_dict``, saved in every checkpoint), so a ``--ckpt_path``
+resume continues with exactly the batch the interrupted run would have taken next.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from mepoly_il.data.normalize import DEFAULT_MARGIN, minmax_bounds
 from mepoly_il.data.windows import check_horizons, gather_indices, split_episodes, window_starts
@@ -75,6 +81,76 @@ class WindowDataset(Dataset):
             batch = self.get_batch(np.asarray([index]))
             return {k: v[0] for k, v in batch.items()}
         return self.get_batch(np.asarray(index, dtype=np.int64))
+
+
+class EpochBatchSampler(Sampler[np.ndarray]):
+    """Shuffled batches of window indices, in an order that is a pure function of (seed, epoch).
+
+    The batches form one stream: stream batch ``g`` is batch ``g % len(self)`` of epoch ``g // len(self)``, whose
+    order is ``numpy.random.default_rng([seed, epoch]).permutation(n)``. Each ``iter()`` yields from stream
+    position ``start()`` (how many batches the consumer has taken so far) to the end of that epoch, so an iterator
+    made after a resume, or one made while the previous one still held a prefetched batch, continues exactly where
+    the consumer stopped, whatever the consumer counts as an epoch. Without ``start`` (or when it gives None) an
+    ``iter()`` continues after the last batch the previous one yielded. ``whole_epochs`` starts every ``iter()`` at
+    its epoch's first batch (for wrappers that list one whole epoch, as Lightning's distributed sampler does).
+
+    Args:
+        n: number of windows.
+        batch_size: windows per batch.
+        drop_last: drop the last batch of an epoch when it is smaller than ``batch_size``.
+        seed: seed of the order (any int).
+        start: callable giving the stream position of the next batch, or None to continue the previous iterator.
+        whole_epochs: start every ``iter()`` at an epoch's first batch.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        drop_last: bool,
+        seed: int,
+        start: Callable[[], int | None] | None = None,
+        whole_epochs: bool = False,
+    ) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"EpochBatchSampler needs n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+        self.n, self.batch_size, self.drop_last = int(n), int(batch_size), bool(drop_last)
+        self.seed = int(seed) % 2**64  # SeedSequence takes non-negative ints
+        self.start, self.whole_epochs = start, whole_epochs
+        self._next = 0  # stream position after the last batch yielded
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """(n,) int64: the window order of ``epoch``."""
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(self.n)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        per_epoch = len(self)
+        position = self.start() if self.start is not None else None
+        position = self._next if position is None else position
+        epoch, first = divmod(int(position), per_epoch)
+        if self.whole_epochs:
+            first = 0
+        order = self.order(epoch)
+        for j in range(first, per_epoch):
+            self._next = epoch * per_epoch + j + 1
+            yield order[j * self.batch_size : (j + 1) * self.batch_size]
+
+
+class _ResumableLoader(DataLoader):
+    """A DataLoader that tells Lightning it resumes mid-epoch correctly (so Lightning does not warn that it cannot).
+
+    Its position is restored by :meth:`DemoDataModule.load_state_dict`, not here: the state saved with the loader
+    would count batches the fetcher prefetched but the fit loop never trained on.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 def run_seed() -> int:
@@ -172,6 +248,8 @@ class DemoDataModule(L.LightningDataModule):
         self.meta: dict[str, Any] = meta
         self.train_set: WindowDataset | None = None
         self.val_set: WindowDataset | None = None
+        #: training batches the fit loop has taken so far (this rank's count; checkpointed by state_dict)
+        self.train_batches_taken = 0
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -194,21 +272,50 @@ class DemoDataModule(L.LightningDataModule):
             )
 
     def _loader(self, ds: WindowDataset, train: bool) -> DataLoader:
-        if train:
-            gen = torch.Generator().manual_seed(self.seed)
-            sampler = RandomSampler(ds, generator=gen)
-        else:
-            sampler = SequentialSampler(ds)
         # Drop a ragged last batch only when there is more than one batch, so tiny datasets still train.
         drop_last = train and len(ds) > self.batch_size
-        batches = BatchSampler(sampler, batch_size=self.batch_size, drop_last=drop_last)
-        return DataLoader(
+        if train:
+            trainer = self._trainer_or_none()
+            world = int(getattr(trainer, "world_size", 1) or 1)
+            batches = EpochBatchSampler(
+                len(ds), self.batch_size, drop_last, self.seed, start=self._stream_position,
+                whole_epochs=world > 1,  # one rank's count does not give the global position mid-epoch
+            )  # fmt: skip
+        else:
+            batches = BatchSampler(SequentialSampler(ds), batch_size=self.batch_size, drop_last=False)
+        return _ResumableLoader(
             ds,
             sampler=batches,
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Its own generator for the workers' base seed: a new iterator must not draw from the global torch RNG,
+            # whose state a resume restores.
+            generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def _trainer_or_none(self):
+        return getattr(self, "trainer", None)
+
+    def _stream_position(self) -> int | None:
+        """The training stream's next batch (all ranks together) inside a Lightning fit; None outside one."""
+        trainer = self._trainer_or_none()
+        if trainer is None:
+            return None
+        return self.train_batches_taken * int(getattr(trainer, "world_size", 1) or 1)
+
+    # -- resume: the training stream's position ------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self._trainer_or_none()
+        if trainer is not None and trainer.training:
+            self.train_batches_taken += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_batches_taken": self.train_batches_taken}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_batches_taken = int(state_dict.get("train_batches_taken", 0))
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

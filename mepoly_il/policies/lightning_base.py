@@ -13,9 +13,14 @@
   copy is refreshed after the normalizers are set (an EMA model that has not been updated yet must not act with
   identity normalizers);
 * the per-step LR schedule (linear warm-up, then cosine decay to 0 at the last step, or constant);
-* resume: ``ckpt["mepoly_il_rng"]`` holds the torch (CPU and CUDA), numpy and ``random`` states and the
-  training sampler's generator, restored at ``on_train_start`` of a ``--ckpt_path`` resume. Not yet bit-exact:
-  N steps + N resumed steps still differ slightly from 2N uninterrupted steps (see tests/test_reliability_fit.py).
+* exact resume: N steps, then ``--ckpt_path last.ckpt`` up to 2N steps, ends with the weights and metrics of 2N
+  uninterrupted steps, bit for bit on CPU. Three pieces make it so: ``ckpt["mepoly_il_rng"]`` holds the torch
+  (CPU and CUDA), numpy and ``random`` states, restored at ``on_train_start``; validation leaves those states as
+  it found them (a resume skips the validation that followed the save); the DataModule's batch order is a pure
+  function of (seed, epoch) and it checkpoints how many batches were taken (see ``DemoDataModule``). And a
+  ``last.ckpt`` written when training ends keeps the *trained* weights as the ones to resume from:
+  ``EMAWeightAveraging.on_train_end`` has already copied the average into the module by then, so Lightning
+  would otherwise resume a finished run from its EMA weights.
 
 Subclasses set ``kind`` / ``stage``, build ``self.policy`` and keep what differs: losses, optimiser groups,
 validation metrics, and :meth:`_on_fit_data` for what they take from the dataset.
@@ -43,18 +48,7 @@ LR_SCHEDULES = ("cosine", "constant")
 RNG_KEY = "mepoly_il_rng"
 
 
-def _loader_generator(loader) -> torch.Generator | None:
-    """The generator of a DataLoader's (batch) sampler, if any."""
-    sampler = getattr(loader, "batch_sampler", None) or getattr(loader, "sampler", None)
-    for _ in range(3):  # DataLoader -> BatchSampler -> RandomSampler
-        gen = getattr(sampler, "generator", None)
-        if isinstance(gen, torch.Generator):
-            return gen
-        sampler = getattr(sampler, "sampler", None)
-    return None
-
-
-def _rng_state(generator: torch.Generator | None) -> dict[str, Any]:
+def _rng_state() -> dict[str, Any]:
     """Every random-number state a training step draws from, as tensors and primitives (``weights_only`` loads)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
@@ -72,8 +66,6 @@ def _rng_state(generator: torch.Generator | None) -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    if generator is not None:
-        state["sampler"] = generator.get_state()
     return state
 
 
@@ -184,7 +176,10 @@ class PolicyModule(L.LightningModule):
             **self._extra_meta(),
         }
 
-        checkpoint[RNG_KEY] = _rng_state(self._train_generator())
+        checkpoint[RNG_KEY] = _rng_state()
+        trained = getattr(self, "_trained_state", None)
+        if "current_model_state" in checkpoint and trained is not None and trained[0] == self.trainer.global_step:
+            checkpoint["current_model_state"] = trained[1]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(RNG_KEY)
@@ -198,22 +193,59 @@ class PolicyModule(L.LightningModule):
         state = getattr(self, "_resume_rng", None)
         if state is not None:
             _set_rng_state(state)
-            gen = self._train_generator()
-            if gen is not None and "sampler" in state:
-                # The loader's first iterator (drawn while the fit loop was set up) serves the epoch that the
-                # checkpoint ended, which Lightning closes without a batch; the next epoch draws from this state.
-                gen.set_state(state["sampler"])
             self._resume_rng = None
+            self._check_log_step = True
 
-    def _train_generator(self) -> torch.Generator | None:
-        """The torch.Generator of the running train loader's sampler, if it has one."""
-        if self._trainer is None:
-            return None
-        try:
-            loader = self.trainer.fit_loop._combined_loader.flattened[0]  # the loader the fit loop iterates
-        except (AttributeError, IndexError, TypeError):
-            return None
-        return _loader_generator(loader)
+    def on_train_epoch_start(self) -> None:
+        if not getattr(self, "_check_log_step", False):
+            return
+        # A checkpoint written as an epoch ended makes Lightning (2.6) close that epoch again on resume, without a
+        # batch, and count one more optimised batch: every later metric would be logged one step late. Checked at
+        # the next epoch's start, before any callback logs (LearningRateMonitor logs at batch start). The count of
+        # optimised batches is the optimizer step count (one optimizer, automatic optimization).
+        loop = self.trainer.fit_loop.epoch_loop
+        if self.automatic_optimization and getattr(loop, "_batches_that_stepped", None) != self.trainer.global_step:
+            loop._batches_that_stepped = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._check_log_step = False  # the first resumed batch ran: the count is right from here on
+        # Runs after the EMA update. The average of a frozen parameter drifts from it by rounding, and a checkpoint
+        # (stage 2 writes its frozen weights exactly) would reset that drift on resume: keep them equal instead.
+        from lightning.pytorch.callbacks import WeightAveraging
+
+        for cb in self.trainer.callbacks:
+            avg = getattr(cb, "_average_model", None) if isinstance(cb, WeightAveraging) else None
+            if avg is not None:
+                with torch.no_grad():
+                    for mine, theirs in zip(self.parameters(), avg.module.parameters(), strict=True):
+                        if not mine.requires_grad:
+                            theirs.copy_(mine)
+
+    def on_validation_start(self) -> None:
+        # Validation runs between training steps; the steps' random numbers must not depend on it (a resume skips
+        # the validation that followed its checkpoint, and the sanity check runs only at the start of a fit).
+        self._rng_before_validation = _rng_state()
+
+    def on_validation_end(self) -> None:
+        state = getattr(self, "_rng_before_validation", None)
+        if state is not None:
+            _set_rng_state(state)
+            self._rng_before_validation = None
+
+    def on_train_epoch_end(self) -> None:
+        # When training ends here, EMAWeightAveraging.on_train_end copies the average into the module before the
+        # final last.ckpt is written: keep the trained weights for that checkpoint's ``current_model_state``.
+        from lightning.pytorch.callbacks import WeightAveraging
+
+        trainer = self.trainer
+        epochs_done = trainer.fit_loop.epoch_progress.current.processed
+        ending = (
+            (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps)
+            or (trainer.max_epochs not in (None, -1) and epochs_done >= trainer.max_epochs)
+            or trainer.should_stop
+        )
+        if ending and any(isinstance(cb, WeightAveraging) for cb in trainer.callbacks):
+            self._trained_state = (trainer.global_step, {k: v.detach().clone() for k, v in self.state_dict().items()})
 
     def _extra_meta(self) -> dict[str, Any]:
         """More entries for ``ckpt["mepoly_il"]`` (e.g. MePoly's stage and its stage-1 provenance)."""
