@@ -394,6 +394,10 @@ def test_killed_conversion_leaves_nothing_and_rerun_works(demos, tmp_path):
     assert all(not (p / "killed.zarr" / ".zmetadata").exists() for p in leftovers)
     res = convert(gen.h5, out, show_progress=False)
     assert res.num_kept == 3 and read_info(out).num_episodes == 3
+    # ... and the rerun's dataset equals an uninterrupted conversion's.
+    ref, got = load_arrays(convert(gen.h5, tmp_path / "ref.zarr", show_progress=False).path), load_arrays(out)
+    np.testing.assert_array_equal(got.state, ref.state)
+    np.testing.assert_array_equal(got.action, ref.action)
 
 
 @pytest.mark.sim

@@ -171,3 +171,43 @@ def test_eval_refuses_demo_seeds(trained):
     proc = _run(["eval", "run", "leaky.ckpt", "--episodes", "2"], cwd=trained, expect=2)
     assert "1 evaluation seed(s) are demonstration seeds" in proc.stderr and "1000001" in proc.stderr
     assert not (trained / "eval").exists()  # nothing written
+
+
+def test_eval_killed_then_rerun_equals_the_uninterrupted_run(trained):
+    """SIGKILL `eval run` after its first checkpoint's results are written; the same command again completes the
+    rest, and every result equals an uninterrupted run's, with no temporary or half-written file left behind."""
+    import signal
+    import time
+
+    args = [*EVAL_RUN[:3], "--episodes", "4", *EVAL_RUN[5:]]
+    killed_args = [a if a != "ev" else "ev_killed" for a in args]
+    proc = subprocess.Popen(
+        [*MEPOLY_IL, *killed_args],
+        cwd=trained,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((trained / "ev_killed").rglob("eval_info.json")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "eval run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    out = trained / "ev_killed"
+    assert len(list(out.rglob("eval_info.json"))) == 1  # one checkpoint done, the other interrupted
+    for info in out.rglob("eval_info.json"):
+        json.loads(info.read_text())  # complete, parseable
+    again = _run(killed_args, cwd=trained)
+    assert again.stdout.count("cached") == 1  # the finished checkpoint is reused, the other one is evaluated
+    _run([a if a != "ev" else "ev_full" for a in args], cwd=trained)
+
+    def results(root: Path) -> dict[int, list]:
+        infos = [json.loads(p.read_text()) for p in root.rglob("eval_info.json")]
+        return {i["provenance"]["global_step"]: i["per_episode"] for i in infos}
+
+    assert results(out) == results(trained / "ev_full") and len(results(out)) == 2
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp")]
