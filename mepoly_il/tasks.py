@@ -118,21 +118,28 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {}
 
 
+def import_callable(ref: str, field: str, prefix: str = "", module: Any = None) -> Callable:
+    """``"package.module:function"`` -> the function (looked up in ``module`` when given); a one-line
+    :class:`UserError` starting with ``prefix`` and naming ``field`` when it cannot be imported."""
+    module_name, _, function = ref.partition(":")
+    if module is None:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise UserError(
+                f"{prefix}{field} {ref!r}: cannot import {module_name} ({err}); fix the task's {field}"
+            ) from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise UserError(f"{prefix}{field} {ref!r}: {module.__name__} has no function {function!r}")
+    return fn
+
+
 def load_mode_fn(spec: TaskSpec) -> Callable[[Any], str] | None:
     """The task's mode-label function (:attr:`TaskSpec.mode_fn`) imported, or None when the task declares none."""
     if spec.mode_fn is None:
         return None
-    module_name, _, function = spec.mode_fn.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(
-            f"task {spec.env_id}: mode_fn {spec.mode_fn!r}: cannot import {module_name} ({err}); fix the task's mode_fn"
-        ) from None
-    fn = getattr(module, function, None)
-    if not callable(fn):
-        raise UserError(f"task {spec.env_id}: mode_fn {spec.mode_fn!r}: {module_name} has no function {function!r}")
-    return fn
+    return import_callable(spec.mode_fn, "mode_fn", prefix=f"task {spec.env_id}: ")
 
 
 def register_task(spec: TaskSpec, replace: bool = False) -> TaskSpec:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import io
 import json
 import os
@@ -26,7 +25,7 @@ from mepoly_il.data.maniskill.sim import SIM_BACKEND, quiet_worker_setup
 from mepoly_il.data.maniskill.timing import Timings
 from mepoly_il.envs.maniskill import import_maniskill
 from mepoly_il.errors import UserError
-from mepoly_il.tasks import MOTION_PLANNER, TaskSpec, find_task, get_task, task_ids
+from mepoly_il.tasks import MOTION_PLANNER, TaskSpec, find_task, get_task, import_callable, task_ids
 from mepoly_il.utils import atomic_path, check_output, progress, sha256_file
 
 
@@ -49,21 +48,12 @@ def demo_task(env_id: str) -> TaskSpec:
 
 def load_solver(demo_source: str) -> Callable:
     """``"motion_planner:<name>"`` or ``"package.module:function"`` -> the solver function."""
-    module_name, _, function = demo_source.partition(":")
-    if module_name == MOTION_PLANNER:
-        import_maniskill()
-        from mani_skill.examples.motionplanning.panda import solutions as module
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise UserError(
-                f"demo_source {demo_source!r}: cannot import {module_name} ({err}); fix the task's demo_source"
-            ) from None
-    solver = getattr(module, function, None)
-    if not callable(solver):
-        raise UserError(f"demo_source {demo_source!r}: {module.__name__} has no function {function!r}")
-    return solver
+    if demo_source.partition(":")[0] != MOTION_PLANNER:
+        return import_callable(demo_source, "demo_source")
+    import_maniskill()
+    from mani_skill.examples.motionplanning.panda import solutions
+
+    return import_callable(demo_source, "demo_source", module=solutions)
 
 
 class GenerateWorker:
