@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from mepoly_il.data.maniskill.sim import check_expert_env
 from mepoly_il.errors import UserError
 
 ENV_ID = "PushT-v1"
@@ -510,17 +511,7 @@ def solve_pusht(
     """
     del debug, vis
     opts = make_options(**options)
-    u = env.unwrapped
-    if u.spec is None or u.spec.id != ENV_ID:
-        name = u.spec.id if u.spec is not None else type(u).__name__
-        raise UserError(f"solve_pusht: env {name} is not {ENV_ID}; make the env with gym.make('{ENV_ID}', ...)")
-    if u.control_mode != CONTROL_MODE:
-        raise UserError(
-            f"solve_pusht: env control_mode {u.control_mode!r} is not supported; make it with "
-            f"control_mode='{CONTROL_MODE}' (the mode the PushT IL configs use)"
-        )
-    if u.num_envs != 1:
-        raise UserError(f"solve_pusht: env has num_envs={u.num_envs}; the expert drives one env (num_envs=1)")
+    check_expert_env(env, "solve_pusht", ENV_ID, CONTROL_MODE)
     if rng is None:
         rng = np.random.default_rng([seed if seed is not None else 0, 0x7054])
     elif not isinstance(rng, np.random.Generator):

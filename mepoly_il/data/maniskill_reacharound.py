@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mepoly_il.data.maniskill.sim import check_expert_env
 from mepoly_il.errors import UserError
 from mepoly_il.tasks import get_task
 
@@ -62,17 +63,7 @@ def solve_reacharound(
     del debug, vis
     from mepoly_il.envs.maniskill_reacharound import ENV_ID
 
-    u = env.unwrapped
-    if u.spec is None or u.spec.id != ENV_ID:
-        name = u.spec.id if u.spec is not None else type(u).__name__
-        raise UserError(f"solve_reacharound: env {name} is not {ENV_ID}; make it with gym.make('{ENV_ID}', ...)")
-    if u.control_mode != CONTROL_MODE:
-        raise UserError(
-            f"solve_reacharound: env control_mode {u.control_mode!r} is not supported; make it with "
-            f"control_mode='{CONTROL_MODE}'"
-        )
-    if u.num_envs != 1:
-        raise UserError(f"solve_reacharound: env has num_envs={u.num_envs}; the expert drives one env (num_envs=1)")
+    check_expert_env(env, "solve_reacharound", ENV_ID, CONTROL_MODE)
     if side not in (None, "left", "right"):
         raise UserError(f"solve_reacharound: side={side!r}; use 'left', 'right' or None (random per seed)")
     rng = np.random.default_rng([seed if seed is not None else 0, 0x5241])
