@@ -18,11 +18,13 @@
 #       DP_MAX_STEPS=10000 DP_EVAL_EVERY=2000 DP gets about 3x MePoly's training wall time (see
 #       eval/results/table1_cpu/README.md: at 3000 steps every DP seed was still climbing).
 #   D5  PushT-v1 demos come from this package's scripted pushing expert (mepoly_il/data/maniskill_pusht.py: 86 of
-#       100 random starts solved; the unsolved ones start turned by more than 90 deg), not the paper's RL expert, and it is evaluated
-#       on physx_cpu (paper: physx_cuda).
+#       100 random starts solved; the unsolved ones start turned by more than 90 deg), not the paper's RL expert,
+#       and it is evaluated on physx_cpu (paper: physx_cuda).
+#   D8  PushT-v1 DP acts with DDIM-10 instead of DDPM-100 (configs/dp/PushT-v1-cpu.yaml): PushT calls the policy
+#       every step, and DDPM-100 evaluations would dominate the CPU budget.
 # Unchanged: 100 demos per task (motion planning + replay to pd_ee_delta_pos), state observations, evaluation seeds
-# (block 0), max_episode_steps (PushCube/PickCube 100, StackCube 200), reconfiguration_freq=1, ignore terminations,
-# physx_cpu, 3 training seeds, EMA weights evaluated, DP sampler DDPM-100.
+# (block 0), max_episode_steps (PushCube/PickCube 100, StackCube 200, PushT 150), reconfiguration_freq=1, ignore
+# terminations, physx_cpu, 3 training seeds, EMA weights evaluated, DP sampler DDPM-100 (except D8).
 #
 # Usage:  bash eval/table1_cpu.sh            DRY_RUN=1 bash eval/table1_cpu.sh
 #         TASKS="PushCube-v1" SEEDS="0" bash eval/table1_cpu.sh
