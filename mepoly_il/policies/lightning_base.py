@@ -250,3 +250,10 @@ class PolicyModule(L.LightningModule):
     def _extra_meta(self) -> dict[str, Any]:
         """More entries for ``ckpt["mepoly_il"]`` (e.g. MePoly's stage and its stage-1 provenance)."""
         return {}
+
+
+def fused_adamw(module: torch.nn.Module) -> dict[str, bool]:
+    """``torch.optim.AdamW`` keyword arguments for the fused kernel where torch has one (CPU, CUDA): one kernel
+    over all parameters instead of a Python loop of small ops per parameter tensor, the same update."""
+    first = next(module.parameters(), None)
+    return {"fused": True} if first is not None and first.device.type in ("cpu", "cuda") else {}

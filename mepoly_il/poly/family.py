@@ -64,6 +64,7 @@ checkpointing chunks when differentiating.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -95,8 +96,13 @@ def _block_rows(grid_nodes: int) -> int:
     return max(1, _BLOCK_ELEMENTS // grid_nodes)
 
 
+#: The fused log Z pass keeps its blocks' grid energies for backward while they total at most this many elements
+#: (16 MiB of float32: a training batch of a few hundred rows on a 24^3 grid); above it, backward recomputes them.
+_KEEP_ELEMENTS = 2**22
+
+
 _AUTO_MAX_NODES = 2**17
-#: Sampling peaked rows on a zoomed box (``PolynomialFamily._zoom_box``): base-grid nodes whose marginal log mass is
+#: Sampling peaked rows on zoomed boxes (``PolynomialFamily._zoom_boxes``): base-grid nodes whose marginal log mass is
 #: more than ``_ZOOM_KEEP`` nats below the largest are left out, and the box's faces must lie ``_ZOOM_FACE_MARGIN``
 #: nats below its highest energy (mass outside then about e^-25 of the total or less, far under ``tol``).
 _ZOOM_KEEP = 30.0
@@ -104,6 +110,8 @@ _ZOOM_KEEP = 30.0
 #: near -87 to -103); a node that low carries no mass the interpolant could give to a draw.
 _SAMPLE_FLOOR = 120.0
 _ZOOM_FACE_MARGIN = 25.0
+#: A row whose mass needs more boxes than this goes up the refinement ladder instead.
+_ZOOM_MAX_BOXES = 8
 
 
 class QuadratureWarning(RuntimeWarning):
@@ -259,67 +267,115 @@ class PolynomialFamily:
             self._cache[key] = grid_log_weights_from_1d(lw1, k)
         return self._cache[key]
 
-    def _zoom_box(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A box per row holding the mass of a peaked density: lam ``(b, F)`` (clipped) -> lo, hi ``(b, d)``
-        (float64) and ok ``(b,)``.
+    def _rest_weights(self, lw1: torch.Tensor, n: int) -> tuple[list[float], list[torch.Tensor]]:
+        """Per coordinate j: the largest log-weight ``c_j`` of the rule over the later dims and ``exp(w - c_j)``
+        flattened ``(n^(d-j-1),)`` (what the sampler's conditionals sum with), cached."""
+        key = ("rest_w", n, lw1.dtype, lw1.device)
+        if key not in self._cache:
+            rest_lw = [self._rest_log_weights(lw1, n, self.dim - j - 1) for j in range(self.dim)]
+            shift = [float(w.max()) for w in rest_lw]
+            self._cache[key] = (shift, [(w - c).exp().reshape(-1) for w, c in zip(rest_lw, shift, strict=True)])
+        return self._cache[key]
 
-        From the base Gauss grid (exact energies at its nodes, inexact masses when under-resolved), each dim
-        keeps the nodes whose marginal log mass is within ``_ZOOM_KEEP`` nats of the largest, widened by one
-        node on each side (or to the current edge); a second round does the same with the rule laid on that box.
-        The box is accepted (``ok``) when the base rule laid on it
-        resolves it (``|Q_n - Q_{n-4}| <= tol``, the screen of "Under-resolution") and every face inside
-        ``(-1, 1)^d`` lies ``_ZOOM_FACE_MARGIN`` nats below the box's highest energy, so the mass left outside is
-        far below ``tol`` unless a separate mode hides between the base grid's nodes.
+    def _zoom_boxes(self, lam: torch.Tensor):
+        """Disjoint boxes holding the mass of peaked densities, one or a few per row: lam ``(b, F)`` (clipped) ->
+        row ``(K,)`` (the row of each box), lo, hi ``(K, d)`` (float64), log_mass ``(K,)`` and ok ``(b,)``.
+
+        From the base Gauss grid (exact energies at its nodes, inexact masses when under-resolved), each dim keeps
+        the nodes whose marginal log mass is within ``_ZOOM_KEEP`` nats of the largest. The kept nodes of a dim form
+        one or more runs; each run, widened by one node on each side (or to the edge), is an interval, and the
+        products of one interval per dim are disjoint candidate boxes. A candidate is dropped when none of its base
+        nodes comes within ``_ZOOM_KEEP`` nats of the row's largest node mass, so a density with separate modes gets
+        one box per mode instead of one box spanning them all. A second round sharpens every box the same way with
+        the rule laid on it (one run: first to last kept node). A row is ``ok`` when the base rule laid on each of
+        its boxes resolves the row's log Z, the log of the boxes' summed masses (``|Q_n - Q_{n-4}| <= tol``, the
+        screen of "Under-resolution", so a box with a tiny share of the mass may be resolved more loosely), when
+        every face inside ``(-1, 1)^d`` lies ``_ZOOM_FACE_MARGIN`` nats below the row's highest energy, and when
+        it needs at most ``_ZOOM_MAX_BOXES`` boxes. ``log_mass`` is each box's log Z by the base rule laid on it;
+        it weighs the boxes of a row when sampling.
         """
         n, d, dtype, dev = self.nodes, self.dim, lam.dtype, lam.device
+        b = lam.shape[0]
         nodes64 = self._grid("gauss", n, torch.float64, dev)[0]
         _, tables, lw, _ = self._grid("gauss", n, dtype, dev)
         coef = torch.nn.functional.pad(lam, (1, 0))
         step = self._rows_per_chunk(n**d, lam.element_size())
-        los, his, oks = [], [], []
-        for a in range(0, lam.shape[0], step):
-            c = coef[a : a + step]
-            b = c.shape[0]
-            lo = torch.full((b, d), -1.0, dtype=torch.float64, device=dev)
-            hi = torch.ones_like(lo)
-            for zoom in range(2):  # the base grid finds the peak, the same rule on that first box sharpens it
-                mid, half = (lo + hi) / 2, (hi - lo) / 2
-                x = mid[..., None] + half[..., None] * nodes64  # (b, d, n)
-                steps = tables if zoom == 0 else [self._table(x[:, j], dtype) for j in range(d)]
-                logp = (self.plan.contract(c[:, None, :], steps)[..., 0] + lw).view(b, *([n] * d))
-                new_lo, new_hi = [], []
-                for j in range(d):
-                    other = tuple(k + 1 for k in range(d) if k != j)
-                    marg = torch.logsumexp(logp, dim=other) if other else logp
-                    keep = marg >= marg.amax(-1, keepdim=True) - _ZOOM_KEEP
-                    first = keep.int().argmax(-1, keepdim=True)
-                    last = n - 1 - keep.flip(-1).int().argmax(-1, keepdim=True)
-                    xj = x[:, j]
-                    new_lo.append(torch.where(first > 0, xj.gather(1, (first - 1).clamp(min=0)), lo[:, j, None]))
-                    new_hi.append(torch.where(last < n - 1, xj.gather(1, (last + 1).clamp(max=n - 1)), hi[:, j, None]))
-                lo, hi = torch.cat(new_lo, -1), torch.cat(new_hi, -1)
-            mid, half = (lo + hi) / 2, (hi - lo) / 2
-            ok = torch.ones(b, dtype=torch.bool, device=dev)
-            z, peak = [], None
-            for nn in (n, max(1, n - 4)):
-                x = self._grid("gauss", nn, torch.float64, dev)[0]
-                box_tables = [self._table(mid[:, j, None] + half[:, j, None] * x, dtype) for j in range(d)]
-                e = self.plan.contract(c[:, None, :], box_tables)[..., 0]
-                z.append(torch.logsumexp(e + self._grid("gauss", nn, dtype, dev)[2], dim=-1))
-                if peak is None:
-                    peak, inner = e.amax(-1), box_tables
-            ok &= (z[0] - z[1]).abs() <= self.tol
+        logp = torch.cat(
+            [self.plan.contract(coef[a : a + step, None, :], tables)[..., 0] + lw for a in range(0, b, step)]
+        ).view(b, *([n] * d))
+        marg = _log_marginals(logp)  # (b, d, n)
+        keep = (marg >= marg.amax(-1, keepdim=True) - _ZOOM_KEEP).tolist()
+        floor = (logp.reshape(b, -1).amax(-1) - _ZOOM_KEEP).tolist()
+        x = nodes64.tolist()
+        rows, los, his = [], [], []
+        too_many = torch.zeros(b, dtype=torch.bool, device=dev)
+        for r in range(b):
+            runs = []
             for j in range(d):
-                for face in (lo[:, j], hi[:, j]):
-                    at_edge = face.abs() >= 1.0
-                    steps = list(inner)
-                    steps[j] = self._table(face[:, None], dtype)
-                    e_face = self.plan.contract(c[:, None, :], steps)[..., 0].amax(-1)
-                    ok &= at_edge | (e_face <= peak - _ZOOM_FACE_MARGIN)
-            los.append(lo)
-            his.append(hi)
-            oks.append(ok)
-        return torch.cat(los), torch.cat(his), torch.cat(oks)
+                kj, rj = keep[r][j], []
+                for i in range(n):
+                    if kj[i] and (i == 0 or not kj[i - 1]):
+                        rj.append([i, i])
+                    elif kj[i]:
+                        rj[-1][1] = i
+                runs.append(rj)
+            boxes = [
+                box
+                for box in itertools.product(*runs)
+                if float(logp[(r, *(slice(f, last + 1) for f, last in box))].max()) >= floor[r]
+            ]
+            if not boxes or len(boxes) > _ZOOM_MAX_BOXES:
+                too_many[r] = True
+                boxes = boxes[:1] or [tuple([0, n - 1] for _ in range(d))]
+            for box in boxes:
+                rows.append(r)
+                los.append([x[f - 1] if f > 0 else -1.0 for f, _ in box])
+                his.append([x[last + 1] if last < n - 1 else 1.0 for _, last in box])
+        row = torch.tensor(rows, dtype=torch.long, device=dev)
+        lo = torch.tensor(los, dtype=torch.float64, device=dev)
+        hi = torch.tensor(his, dtype=torch.float64, device=dev)
+        c = coef[row][:, None, :]
+        k = row.numel()
+        # second round: the same rule on each box finds its mass more sharply
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        xb = mid[..., None] + half[..., None] * nodes64  # (K, d, n)
+        tabs = self._table(xb, dtype)  # (K, d, n, K+1)
+        logpb = (self.plan.contract(c, list(tabs.unbind(1)))[..., 0] + lw).view(k, *([n] * d))
+        margb = _log_marginals(logpb)
+        new_lo, new_hi = [], []
+        for j in range(d):
+            mj = margb[:, j]
+            kj = mj >= mj.amax(-1, keepdim=True) - _ZOOM_KEEP
+            first = kj.int().argmax(-1, keepdim=True)
+            last = n - 1 - kj.flip(-1).int().argmax(-1, keepdim=True)
+            xj = xb[:, j]
+            new_lo.append(torch.where(first > 0, xj.gather(1, (first - 1).clamp(min=0)), lo[:, j, None]))
+            new_hi.append(torch.where(last < n - 1, xj.gather(1, (last + 1).clamp(max=n - 1)), hi[:, j, None]))
+        lo, hi = torch.cat(new_lo, -1), torch.cat(new_hi, -1)
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        # checks: the screen on the row's boxes together, and every box's faces far below the row's peak
+        log_vol = half.log().sum(-1)
+        z = []
+        for nn in (n, max(1, n - 4)):
+            tabs = self._table(mid[..., None] + half[..., None] * self._grid("gauss", nn, torch.float64, dev)[0], dtype)
+            e = self.plan.contract(c, list(tabs.unbind(1)))[..., 0]
+            z.append(torch.logsumexp(e + self._grid("gauss", nn, dtype, dev)[2], dim=-1).double() + log_vol)
+            if nn == n:
+                peak, inner = e.amax(-1), tabs
+        row_z = [_logsumexp_by(zz, row, b) for zz in z]
+        ok = ((row_z[0] - row_z[1]).abs() <= self.tol)[row]
+        peak = torch.full((b,), -math.inf, dtype=peak.dtype, device=dev).scatter_reduce(0, row, peak, "amax")[row]
+        faces = torch.stack([lo, hi], dim=-1)  # (K, d, 2)
+        face_tabs = self._table(faces, dtype)  # (K, d, 2, K+1)
+        for j in range(d):
+            steps = list(inner.unbind(1))
+            steps[j] = face_tabs[:, j]
+            e_face = self.plan.contract(c, steps)[..., 0].view(k, *[n] * j, 2, *[n] * (d - j - 1))
+            e_face = e_face.movedim(j + 1, 1).reshape(k, 2, -1).amax(-1)  # (K, 2): lower and upper face
+            ok &= ((faces[:, j].abs() >= 1.0) | (e_face <= peak[:, None] - _ZOOM_FACE_MARGIN)).all(-1)
+        row_ok = ~too_many
+        row_ok[row[~ok]] = False
+        return row, lo, hi, z[0], row_ok
 
     def _rows_per_chunk(self, elements_per_row: int, itemsize: int) -> int:
         return max(1, self.chunk_bytes // max(1, 4 * itemsize * elements_per_row))
@@ -532,6 +588,27 @@ class PolynomialFamily:
         return log_z, ent, err, used, extras
 
 
+def _log_marginals(logp: torch.Tensor) -> torch.Tensor:
+    """Log marginal masses of grid log masses ``(b, n, ..., n)`` along every dim -> ``(b, d, n)``.
+
+    One exp of the grid (shifted by each row's largest entry) and sums, instead of a logsumexp per dim; entries
+    more than ~87 nats below the largest underflow to -inf, far below every threshold this is compared with.
+    """
+    b, d = logp.shape[0], logp.dim() - 1
+    top = logp.reshape(b, -1).amax(-1).view(b, *([1] * d))
+    p = (logp - top).exp_()
+    margs = [p.sum(dim=tuple(k + 1 for k in range(d) if k != j)) if d > 1 else p for j in range(d)]
+    return torch.stack(margs, dim=1).log_() + top.view(b, 1, 1)
+
+
+def _logsumexp_by(values: torch.Tensor, group: torch.Tensor, groups: int) -> torch.Tensor:
+    """``logsumexp`` of ``values (K,)`` within each group (``group (K,)`` in ``0..groups-1``) -> ``(groups,)``."""
+    top = torch.full((groups,), -math.inf, dtype=values.dtype, device=values.device)
+    top = top.scatter_reduce(0, group, values, "amax")
+    total = torch.zeros_like(top).index_add_(0, group, (values - top[group]).exp())
+    return top + total.log()
+
+
 def _log_z_entropy(logits: torch.Tensor, lw: torch.Tensor):
     """``log Z = logsumexp(l + lw)`` and ``E_p[l]`` of grid energies ``(b, N)`` -> ``(b,), (b,)``."""
     a = logits + lw
@@ -548,8 +625,9 @@ class _GridLogZEntropy(torch.autograd.Function):
 
     ``log Z = logsumexp(l + lw)``, ``H = log Z - sum p l`` with ``p = exp(l + lw - log Z)``; so
     ``dlogZ/dl = p`` and ``dH/dl = -p (l - E_p[l])``, and ``d/dcoef`` is the adjoint of the (linear) separable
-    contraction. Rows are processed in blocks whose grid energies stay in cache (``_BLOCK_ELEMENTS``); nothing of
-    grid size is saved for backward, which recomputes the energies of each block (cheaper than storing them).
+    contraction. Rows are processed in blocks whose grid energies stay in cache (``_BLOCK_ELEMENTS``). Backward
+    needs each block's energies again: they are kept while all blocks together stay under ``_KEEP_ELEMENTS``
+    (a training batch), and recomputed block by block above it, so memory stays bounded for any batch.
     """
 
     @staticmethod
@@ -557,19 +635,21 @@ class _GridLogZEntropy(torch.autograd.Function):
         # ctx None: plain no-grad call
         rows = coef.shape[0]
         step = _block_rows(lw.numel())
+        keep = ctx is not None and rows * lw.numel() <= _KEEP_ELEMENTS
         with single_thread_for_small_ops(coef.device):
-            if rows <= step:  # one block: keep its energies for backward (small, saves the recompute)
-                logits = plan.grid_energies(coef, tables)
-                log_z, e_ell = _log_z_entropy(logits, lw)
+            if rows <= step:  # one block
+                logits = [plan.grid_energies(coef, tables)]
+                log_z, e_ell = _log_z_entropy(logits[0], lw)
             else:
-                logits = None
+                logits = []
                 log_z, e_ell = coef.new_empty(rows), coef.new_empty(rows)
                 for a in range(0, rows, step):
-                    log_z[a : a + step], e_ell[a : a + step] = _log_z_entropy(
-                        plan.grid_energies(coef[a : a + step], tables), lw
-                    )
+                    block = plan.grid_energies(coef[a : a + step], tables)
+                    log_z[a : a + step], e_ell[a : a + step] = _log_z_entropy(block, lw)
+                    if keep:
+                        logits.append(block)
         if ctx is not None:
-            ctx.plan, ctx.tables, ctx.logits = plan, tables, logits
+            ctx.plan, ctx.tables, ctx.logits = plan, tables, logits if keep else None
             ctx.save_for_backward(coef, lw, log_z, e_ell)
         return log_z, log_z - e_ell
 
@@ -584,9 +664,9 @@ class _GridLogZEntropy(torch.autograd.Function):
         grad = torch.empty_like(coef)
         step = _block_rows(lw.numel())
         with single_thread_for_small_ops(coef.device):
-            for a in range(0, coef.shape[0], step):
+            for i, a in enumerate(range(0, coef.shape[0], step)):
                 sl = slice(a, a + step)
-                logits = ctx.logits if ctx.logits is not None else plan.grid_energies(coef[sl], tables)
+                logits = ctx.logits[i] if ctx.logits is not None else plan.grid_energies(coef[sl], tables)
                 p = (logits + lw).sub_(log_z[sl, None]).exp_()
                 # dL/dl = p * (g_z + g_h * (E[l] - l))
                 w = (logits * -g_h[sl, None]).add_((g_z[sl] + g_h[sl] * e_ell[sl])[:, None])
@@ -737,9 +817,10 @@ class PolynomialDistribution(Distribution):
         """Grid-rule sampling, each row on the cheapest grid that resolves it -> ``(s * B, d)`` (sample-major).
 
         Rows the base rule resolves (the screen of "Under-resolution") are drawn on it. Gauss rows it does not
-        resolve (peaked densities) are drawn on a box zoomed onto their mass (``PolynomialFamily._zoom_box``), at
-        the cost of the base rule whatever the peak's width; only rows whose box fails its checks go up the
-        refinement ladder. ``self.sampler_rows`` counts the rows of each kind.
+        resolve (peaked densities) are drawn on boxes zoomed onto their mass (``PolynomialFamily._zoom_boxes``;
+        one per separate mode, each draw picking a box by its mass), at the cost of the base rule per box whatever
+        the peaks' widths; only rows whose boxes fail their checks go up the refinement ladder.
+        ``self.sampler_rows`` counts the rows of each kind.
         """
         fam, rows, d = self.family, lam.shape[0], self.family.dim
         if fam.quadrature_kind == "trapezoid" or not fam.check:
@@ -762,8 +843,10 @@ class PolynomialDistribution(Distribution):
         put(torch.nonzero(base).squeeze(1), "base", fam.nodes)
         rest = torch.nonzero(~base).squeeze(1)
         if rest.numel():
-            lo, hi, ok = fam._zoom_box(lam[rest])
-            put(rest[ok], "zoomed", fam.nodes, (lo[ok], hi[ok]))
+            box_row, lo, hi, log_mass, ok = fam._zoom_boxes(lam[rest])
+            if ok.any():
+                self._sample_boxes(lam, s, out, rest, box_row, lo, hi, log_mass, ok)
+                counts["zoomed"] += int(ok.sum())
             bad = rest[~ok]
             if self._stats is not None:
                 for n in torch.unique(self._stats[3][bad]).tolist():
@@ -787,6 +870,32 @@ class PolynomialDistribution(Distribution):
                     bad, cur_z, cur_n = bad[~done], z_next[~done], nxt
         self.sampler_rows = counts
         return out.reshape(s * rows, d)
+
+    def _sample_boxes(self, lam, s, out, rest, box_row, lo, hi, log_mass, ok) -> None:
+        """Draw the ``ok`` rows of ``rest`` on their zoomed boxes (``PolynomialFamily._zoom_boxes``) into ``out``
+        ``(s, B, d)``. The boxes of a row are disjoint and hold its mass, so each draw picks a box with probability
+        proportional to the box's mass, then draws on that box."""
+        fam, d = self.family, self.family.dim
+        keep = ok[box_row]
+        box_row, lo, hi, log_mass = box_row[keep], lo[keep], hi[keep], log_mass[keep]
+        pairs, picks = [], []  # (box index, positions of the draws that picked it)
+        for r in torch.unique(box_row).tolist():
+            mine = torch.nonzero(box_row == r).squeeze(1)
+            if mine.numel() == 1:
+                pairs.append(int(mine))
+                picks.append(torch.arange(s, device=lam.device))
+                continue
+            chosen = torch.multinomial(torch.softmax(log_mass[mine], dim=0), s, replacement=True)
+            for i, k in enumerate(mine.tolist()):
+                pos = torch.nonzero(chosen == i).squeeze(1)
+                if pos.numel():
+                    pairs.append(k)
+                    picks.append(pos)
+        idx = torch.tensor(pairs, dtype=torch.long, device=lam.device)
+        most = max(p.numel() for p in picks)
+        x = self._sample_sequential(lam[rest[box_row[idx]]], most, fam.nodes, (lo[idx], hi[idx])).view(most, -1, d)
+        for p, (k, pos) in enumerate(zip(pairs, picks, strict=True)):
+            out[pos, rest[box_row[k]]] = x[: pos.numel(), p]
 
     def _sample_sequential(self, lam: torch.Tensor, s: int, n: int, box=None) -> torch.Tensor:
         """Conditional inverse CDF, one coordinate at a time -> ``(s * B, d)`` (sample-major rows).
@@ -812,13 +921,11 @@ class PolynomialDistribution(Distribution):
             lo, hi = box
             mid, half = (lo + hi) / 2, (hi - lo) / 2
             unit = torch.linspace(0.0, 1.0, m, dtype=torch.float64, device=dev)
-            steps = [fam._table(mid[:, j, None] + half[:, j, None] * nodes64, dtype) for j in range(d)]
-            fine_steps = [fam._table(lo[:, j, None] + 2 * half[:, j, None] * unit, dtype) for j in range(d)]
+            steps = list(fam._table(mid[..., None] + half[..., None] * nodes64, dtype).unbind(1))
+            fine_steps = list(fam._table(lo[..., None] + 2 * half[..., None] * unit, dtype).unbind(1))
             h = (2 * half / (m - 1)).unsqueeze(-1)  # (B, d, 1)
         coef = torch.nn.functional.pad(lam, (1, 0))[:, None, :]  # (B, 1, R0)
-        rest_lw = [fam._rest_log_weights(lw1, n, d - j - 1) for j in range(d)]
-        shift = [float(w.max()) for w in rest_lw]
-        weights = [(w - c).exp().reshape(-1) for w, c in zip(rest_lw, shift, strict=True)]
+        shift, weights = fam._rest_weights(lw1, n)
 
         def cond_logd(cur: torch.Tensor, j: int, reps: int) -> torch.Tensor:
             """cur ``(r, 1, R_j)`` -> log conditional density of x_j on the fine nodes ``(r, M)``."""

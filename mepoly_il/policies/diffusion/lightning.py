@@ -18,7 +18,7 @@ import torch
 from mepoly_il.data.normalize import Normalizer
 from mepoly_il.policies.diffusion.config import DiffusionConfig
 from mepoly_il.policies.diffusion.policy import DiffusionPolicy
-from mepoly_il.policies.lightning_base import PolicyModule, as_config, data_shape
+from mepoly_il.policies.lightning_base import PolicyModule, as_config, data_shape, fused_adamw
 
 
 class DiffusionModule(PolicyModule):
@@ -109,6 +109,6 @@ class DiffusionModule(PolicyModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
+            self.policy.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, **fused_adamw(self)
         )
         return self._with_schedule(optimizer, hp.warmup_steps, "cosine", from_zero=True)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mepoly_il.errors import UserError
-from mepoly_il.policies.lightning_base import PolicyModule, as_config, check_lr_schedule, data_shape
+from mepoly_il.policies.lightning_base import PolicyModule, as_config, check_lr_schedule, data_shape, fused_adamw
 from mepoly_il.policies.mepoly.config import MePolyConfig, MePolyPriorConfig, MePolyVAEConfig
 from mepoly_il.policies.mepoly.policy import MePolyPolicy
 from mepoly_il.policies.mepoly.priors import to_box
@@ -285,7 +285,9 @@ class Stage1Module(_MePolyModule):
         self.log_dict({f"val/{k}": v for k, v in out.items()}, sync_dist=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, **fused_adamw(self)
+        )
         return self._schedule(opt)
 
     def on_train_end(self) -> None:
@@ -546,7 +548,7 @@ class Stage2Module(_MePolyModule):
         else:
             for p in decoder:
                 p.requires_grad_(False)
-        opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        opt = torch.optim.AdamW(groups, weight_decay=hp.weight_decay, **fused_adamw(self))
         return self._schedule(opt)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
