@@ -251,3 +251,24 @@ def test_mode_table_from_eval_infos(tmp_path):
     assert lines[2] == "| m | 0 | 0.75 | 8 | 4/4 (67%) | 2/4 (33%) |"
     assert lines[3] == "| m | 1 | 0.38 | 8 | 3/4 (100%) | 0/4 (0%) |"
     assert json.loads(out.with_suffix(".json").read_text())["m"][1]["train_seed"] == 1
+
+
+def test_multimodal_script_budget_overrides():
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = repo / "eval" / "multimodal_cpu.sh"
+
+    def fits(**extra):
+        env = {**os.environ, "DRY_RUN": "1", "RUNS": "r", "SEEDS": "0", "METHODS": "mepoly_new dp", **extra}
+        proc = subprocess.run(["bash", str(script)], cwd=repo, env=env, capture_output=True, text=True, check=True)
+        return {c.split()[2]: c for c in (line[2:] for line in proc.stdout.splitlines()) if " fit " in c}
+
+    assert not any("max_steps" in c for c in fits().values())  # default: the configs' budgets
+    longer = fits(STAGE1_STEPS="1500", STAGE2_STEPS="1000", DP_STEPS="3000")
+    assert "--trainer.max_steps 1500" in longer["stage1"]
+    assert "--trainer.max_steps 1000" in longer["stage2"]
+    assert "--trainer.max_steps 3000" in longer["dp"]
+    assert not (Path(repo) / "r").exists()  # a dry run writes no wall-time log
