@@ -11,8 +11,8 @@ import torch
 
 from mepoly_il.envs.multigoal import GOALS, VecMultiGoal, goal_shares
 from mepoly_il.errors import UserError
-from mepoly_il.rl.s2ac import SVGDActor, rbf_bandwidth, svgd_direction, svgd_sample
 from mepoly_il.rl.heads import tanh_log_det
+from mepoly_il.rl.s2ac import SVGDActor, rbf_bandwidth, svgd_direction, svgd_sample
 from mepoly_il.rl.sac import SACConfig, TwinQ, train_sac
 
 # the S2AC paper's 2-D Gaussian (its toy density experiment)
