@@ -122,15 +122,17 @@ def test_eval_multigoal_scripted_policy():
     assert m["goal_hits"] == [0, 0, 0, 7] and m["success_rate"] == 0.0 and (z["length"] == 12).all()
 
 
-@pytest.mark.parametrize("amortised", [False, True])
-def test_s2ac_multigoal(tmp_path, amortised):
+@pytest.mark.parametrize(("amortised", "drive"), [(False, "grad_q_over_alpha"), (True, "grad_q")])
+def test_s2ac_multigoal(tmp_path, amortised, drive):
     out = tmp_path / "s2ac"
     args = ["s2ac", "--env", "multigoal", "--out", str(out), *MULTIGOAL, "--particles", "4", "--svgd-steps", "2"]
-    assert rl_main([*args, "--amortised", str(amortised).lower(), "--alpha", "0.5"]) == 0
+    assert rl_main([*args, "--amortised", str(amortised).lower(), "--alpha", "0.5", "--svgd-drive", drive]) == 0
     m = _files(out)
-    assert m["variant"] == ("s2ac-amortised" if amortised else "s2ac") + "-a0.5" and sum(m["goal_hits"]) == 100
+    name = ("s2ac-amortised" if amortised else "s2ac") + ("-gradq" if drive == "grad_q" else "")
+    assert m["variant"] == name + "-a0.5" and sum(m["goal_hits"]) == 100
     assert m["final_alpha"] == pytest.approx(0.5)  # fixed temperature
-    assert json.loads((out / "config.json").read_text())["sac"]["autotune"] is False
+    config = json.loads((out / "config.json").read_text())
+    assert config["sac"]["autotune"] is False and config["s2ac"]["svgd_drive"] == drive
 
 
 def test_s2ac_smoothworld(tmp_path):

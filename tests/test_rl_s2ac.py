@@ -11,6 +11,7 @@ import torch
 
 from mepoly_il.envs.multigoal import GOALS, VecMultiGoal, goal_shares
 from mepoly_il.errors import UserError
+from mepoly_il.rl.heads import tanh_log_det
 from mepoly_il.rl.s2ac import SVGDActor, rbf_bandwidth, svgd_direction, svgd_sample
 from mepoly_il.rl.sac import SACConfig, TwinQ, train_sac
 
@@ -108,6 +109,56 @@ def test_multigoal_rewards_goals_and_timeouts():
     assert trunc[2] and info["episode_goal"][2] == -1 and info["episode_length"][2] == 30
     shares = goal_shares(lambda o: np.tile([[1.0, 0.0]], (len(o), 1)), episodes=10, num_envs=4)
     assert shares["shares"].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def _one_svgd_step_by_hand(actor, obs, scale):
+    """Actions and log pi after one SVGD step, written out per particle from the module docstring's formulas, with
+    the drive ``s_j = scale * grad_u min Q(s, tanh(u_j))``; the initial particles are the actor's (seed 0)."""
+    torch.manual_seed(0)
+    u0, lq0 = actor.initial(obs)
+    u = u0.detach().requires_grad_()
+    q = actor.critic[0].min_q(obs, torch.tanh(u).transpose(0, 1))
+    s = torch.autograd.grad(q.sum(), u)[0] * scale
+    u, s = u.detach(), s.detach()
+    b, m, d = u.shape
+    s2 = (torch.cdist(u, u) ** 2).mean((1, 2)) / (4 * math.log(m + 1))  # the "log" bandwidth
+    u1, lq = torch.empty_like(u), lq0.detach().clone()
+    for n in range(b):
+        for i in range(m):
+            phi, tr = torch.zeros(d), 0.0
+            for j in range(m):
+                diff = u[n, i] - u[n, j]
+                k = torch.exp(-diff.pow(2).sum() / (2 * s2[n]))
+                phi += k * s[n, j] + k * diff / s2[n]
+                if j != i:
+                    tr -= k * (diff @ s[n, j] + diff.pow(2).sum() / s2[n] - d) / (m * s2[n])
+            u1[n, i] = u[n, i] + actor.step_size * phi / m
+            lq[n, i] -= actor.step_size * tr
+    return torch.tanh(u1), lq - tanh_log_det(u1)
+
+
+@pytest.mark.parametrize("drive", ["grad_q_over_alpha", "grad_q"])
+def test_svgd_drive_is_grad_q_over_alpha_or_grad_q(drive):
+    """The paper's drive divides grad Q by alpha, the authors' code's does not; the trace follows the same drive."""
+    torch.manual_seed(3)
+    critic, obs = TwinQ(2, 2, 16), torch.randn(2, 2)
+    for alpha in (0.25, 4.0):
+        actor = SVGDActor(2, 2, critic, alpha=alpha, particles=4, steps=1, step_size=0.3, drive=drive)
+        torch.manual_seed(0)
+        a, logp = actor.sample(obs)
+        a_ref, logp_ref = _one_svgd_step_by_hand(actor, obs, 1.0 / alpha if drive == "grad_q_over_alpha" else 1.0)
+        torch.testing.assert_close(a, a_ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(logp, logp_ref, rtol=0, atol=1e-4)
+        # the drive matters: the same step without grad Q lands elsewhere
+        a_free, _ = _one_svgd_step_by_hand(actor, obs, 0.0)
+        assert float((a - a_free).abs().max()) > 1e-3
+    torch.manual_seed(0)
+    a1, _ = SVGDActor(2, 2, critic, alpha=1.0, particles=4, steps=1, step_size=0.3, drive=drive).sample(obs)
+    torch.manual_seed(0)
+    a1_other, _ = SVGDActor(2, 2, critic, alpha=1.0, particles=4, steps=1, step_size=0.3).sample(obs)
+    torch.testing.assert_close(a1, a1_other, rtol=0, atol=0)  # both drives coincide at alpha = 1
+    with pytest.raises(UserError, match="drive"):
+        SVGDActor(2, 2, critic, drive="grad_log_q")
 
 
 def test_s2ac_rejects_bad_settings():

@@ -352,7 +352,8 @@ _DESCRIPTIONS = {
     "sac": "Train one soft actor-critic run (twin Q, target critics, fixed or tuned temperature) with a Gaussian\n"
     "(--estimator rp), mixture (mrp, lr) or MePoly (quadrature, lr) head and evaluate it.",
     "s2ac": "Train one S2AC run: SAC whose actor is an SVGD sampler of exp(Q / alpha) with a closed-form entropy\n"
-    "(particle version; --amortised true learns the initial distribution), at a fixed temperature --alpha.",
+    "(particle version; --amortised true learns the initial distribution), at a fixed temperature --alpha.\n"
+    "--svgd-drive grad_q moves the particles along grad Q instead of grad Q / alpha, as the authors' code does.",
     "rpg": "--env toy1d: RPG's published 1-D toy bandit (latent-conditioned policy, reparameterised reward term,\n"
     "ELBO bonus). Other envs (our variant, not the paper's method): the same latent-conditioned policy as a PPO\n"
     "head (exact marginal log-prob over the latents; no entropy, no ELBO bonus). `--env toy1d --help` lists the\n"
@@ -445,7 +446,7 @@ def run_sac(method: str, argv: list[str]) -> dict:
 
     ns, kind, task, (sac_cfg, actor_cfg, env_cfg, eval_cfg) = parse_method(method, argv)
     if method == "s2ac" and sac_cfg.autotune:
-        raise UserError("--autotune true: S2AC samples exp(Q / alpha) at a fixed temperature; drop it and set --alpha")
+        raise UserError("--autotune true: S2AC runs at a fixed temperature (paper and authors' code); set --alpha")
     check_run_out(ns.out, ns.overwrite)
     torch.manual_seed(ns.seed)
     np.random.seed(ns.seed)
@@ -475,8 +476,9 @@ def run_sac(method: str, argv: list[str]) -> dict:
             hidden=c.actor_hidden,
             train_selection=c.train_selection,
             eval_selection=c.eval_selection,
+            drive=c.svgd_drive,
         )
-        variant = "s2ac-amortised" if c.amortised else "s2ac"
+        variant = ("s2ac-amortised" if c.amortised else "s2ac") + ("-gradq" if c.svgd_drive == "grad_q" else "")
         head_info = {"name": variant, "particles": c.particles, "svgd_steps": c.svgd_steps}
     if not sac_cfg.autotune:  # runs at different fixed temperatures are different variants in the reports
         variant += f"-a{sac_cfg.alpha:g}"

@@ -163,6 +163,8 @@ class S2ACConfig:
     """SVGD steps L per action"""
     svgd_step_size: float = 0.1
     """SVGD step size eps"""
+    svgd_drive: Literal["grad_q_over_alpha", "grad_q"] = "grad_q_over_alpha"
+    """what moves the particles: grad Q / alpha (the paper's target exp(Q / alpha)) or grad Q (the authors' code)"""
     init_std: float = 0.5
     """std of the initial particles N(0, init_std^2) (particle version)"""
     amortised: bool = False
@@ -236,7 +238,7 @@ SAC_PRESETS: dict[str, dict[str, object]] = {
 }
 #: SACConfig fields of the head actors that the SVGD actor does not read (not offered as `rl s2ac` flags).
 S2AC_UNUSED = frozenset({"estimator", "lr_samples", "quad_nodes"})
-#: S2AC: the temperature is fixed (the sampler targets exp(Q / alpha)); head fields do not exist for it.
+#: S2AC: the temperature is fixed (as in the paper and the authors' code); head fields do not exist for it.
 S2AC_PRESET: dict[str, object] = {"autotune": False, "alpha": 1.0}
 #: RPG's latent-conditioned policy trained by PPO on the project's envs (our variant): no entropy estimate.
 RPG_PPO_PRESET: dict[str, object] = {"ent_coef": 0.0}

@@ -17,6 +17,15 @@ parameters: only the critic learns) or ``N(mu_theta(s), std_theta(s)^2)`` for th
 whose parameters are trained through the SVGD chain. The bandwidth is adaptive (:func:`rbf_bandwidth`) and
 treated as a constant per step.
 
+The drive ``s_j`` is selectable (``drive``): ``"grad_q_over_alpha"`` is the score of the paper's target
+``exp(Q / alpha)``, as written above; ``"grad_q"`` drops the ``1 / alpha``, as the authors' public code does: their
+particles follow ``grad Q`` whatever the temperature, and alpha enters only through ``alpha log pi`` in the soft
+value (and the amortised actor's loss). The two agree at ``alpha = 1``; at ``alpha < 1`` the paper's drive is
+``1 / alpha`` times stronger against the same kernel repulsion, at ``alpha > 1`` weaker. The trace uses whichever
+``s_j`` moved the particles, so ``log q_L`` is the density of the sampler actually run in both cases. (Their code
+also takes ``grad Q`` at the pre-squash point ``u`` itself; we differentiate ``Q(s, tanh(u))``, the action the
+critic was trained on.)
+
 Accuracy (measured, see ``tests/test_rl_s2ac.py``): the estimate is the mean-field change of density, so with
 finite ``m`` it is right only for a moderate amount of flow. Once the particles have settled, ``phi`` vanishes
 at the particles but its divergence does not, and ``-mean log q_L`` keeps falling by roughly
@@ -43,6 +52,8 @@ ScoreFn = Callable[[Tensor], Tensor]  # particles (B, m, d) -> score grad log p 
 
 
 BANDWIDTHS = ("log", "half_mean")
+#: SVGD drive: the score of the paper's exp(Q / alpha), or the authors' code's grad Q (module docstring).
+DRIVES = ("grad_q_over_alpha", "grad_q")
 
 
 def rbf_bandwidth(u: Tensor, rule: str = "log") -> Tensor:
@@ -101,13 +112,14 @@ class SVGDActor(nn.Module):
     """The S2AC actor (interface of :class:`mepoly_il.rl.sac.HeadActor`).
 
     ``critic`` is the online twin critic whose ``min_q`` defines the sampler's target ``exp(Q / alpha)``;
-    ``alpha`` is the (fixed) temperature of the target. ``amortised=False`` is S2AC(phi), ``True`` S2AC(phi,
-    theta). ``train_selection`` / ``eval_selection``: ``"random"`` particle, ``"softmax"`` over the particles'
-    Q (the authors' test-time choice), or ``"max"``.
+    ``alpha`` is the (fixed) temperature; ``drive`` says whether the particles follow ``grad Q / alpha`` (the
+    paper's target ``exp(Q / alpha)``) or ``grad Q`` (the authors' code). ``amortised=False`` is S2AC(phi),
+    ``True`` S2AC(phi, theta). ``train_selection`` / ``eval_selection``: ``"random"`` particle, ``"softmax"`` over
+    the particles' Q (the authors' test-time choice), or ``"max"``.
     """
 
     SELECTIONS = ("random", "softmax", "max")
-    fixed_alpha = True  # the sampler's target exp(Q / alpha) uses self.alpha; the trainer must not tune it
+    fixed_alpha = True  # the paper and the authors' code fix alpha (and the paper's drive reads it): never tuned
 
     def __init__(
         self,
@@ -124,6 +136,7 @@ class SVGDActor(nn.Module):
         std_bounds: tuple[float, float] = (0.1, 1.0),
         train_selection: str = "random",
         eval_selection: str = "softmax",
+        drive: str = "grad_q_over_alpha",
     ):
         super().__init__()
         if particles < 2:
@@ -136,11 +149,13 @@ class SVGDActor(nn.Module):
         for sel in (train_selection, eval_selection):
             if sel not in self.SELECTIONS:
                 raise UserError(f"s2ac: selection {sel!r} is unknown; choose one of {self.SELECTIONS}")
+        if drive not in DRIVES:
+            raise UserError(f"s2ac: drive {drive!r} is unknown; choose one of {DRIVES}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.critic = [critic]  # a list keeps the critic's parameters out of the actor's
         self.alpha, self.m, self.steps, self.step_size = float(alpha), int(particles), int(steps), float(step_size)
         self.init_std, self.amortised, self.std_bounds = float(init_std), amortised, std_bounds
-        self.train_selection, self.eval_selection = train_selection, eval_selection
+        self.train_selection, self.eval_selection, self.drive = train_selection, eval_selection, drive
         self.net = mlp(obs_dim, 2 * act_dim, hidden) if amortised else None
 
     def initial(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -159,11 +174,12 @@ class SVGDActor(nn.Module):
     def sample(self, obs: Tensor, alpha: float | Tensor | None = None, create_graph: bool = False):
         """-> actions ``(B, m, d)`` in the box and ``log pi`` ``(B, m)``."""
         alpha = self.alpha if alpha is None else alpha
+        temp = alpha if self.drive == "grad_q_over_alpha" else 1.0
         q = self.critic[0].min_q
 
         def score(u: Tensor) -> Tensor:
             qv = q(obs, rearrange(torch.tanh(u), "b m d -> m b d"))
-            return torch.autograd.grad(qv.sum(), u, create_graph=create_graph)[0] / alpha
+            return torch.autograd.grad(qv.sum(), u, create_graph=create_graph)[0] / temp
 
         u0, logq0 = self.initial(obs)
         u, logq = svgd_sample(u0, logq0, score, self.steps, self.step_size, create_graph=create_graph)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Exact commands behind eval/rl/seed_methods/ (2-core CPU shared with other jobs, no GPU; every process is
-# single-threaded, at most two at a time). `run.sh` runs every section; `run.sh multigoal mrp ...` only those named
-# (sections: toys multigoal mrp rpg2d mountaincar report). Training runs land in runs/rl/seed_methods/
-# (git-ignored); a run whose metrics.json (or JSON) exists is skipped, so the script resumes. Tables, plots and
-# JSON are written next to this file.
+# single-threaded, $JOBS at a time, default 2). `run.sh` runs every section; `run.sh multigoal mrp ...` only those
+# named (sections: toys multigoal mrp rpg2d mountaincar report). Training runs land in runs/rl/seed_methods/
+# (git-ignored); a run whose metrics.json (or JSON) exists is skipped, so the script resumes. Jobs start in the
+# order listed (most informative first), so a partial sweep is the head of each list. Tables, plots and JSON are
+# written next to this file.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$PWD"
@@ -11,6 +12,7 @@ PY=${PY:-.venv/bin/python}
 MEPOLY=${MEPOLY:-.venv/bin/mepoly-il}
 D=eval/rl/seed_methods
 R=${RUNS:-runs/rl/seed_methods}
+JOBS=${JOBS:-2}
 SECTIONS=${*:-"toys multigoal mrp rpg2d mountaincar report"}
 
 rl() {  # rl OUT ARGS...: the command line of one `mepoly-il rl` run into OUT, unless it is finished
@@ -19,11 +21,18 @@ rl() {  # rl OUT ARGS...: the command line of one `mepoly-il rl` run into OUT, u
 }
 
 jobs_of() { case $1 in
-multigoal)  # S2AC paper §4.2: 3 fixed temperatures x 3 seeds, S2AC(phi) and SAC-Gaussian at the same alpha and budget
-  for SEED in 0 1 2; do for A in 0.2 1 5; do
-    rl $R/multigoal/s2ac-a$A/seed$SEED s2ac --env multigoal --alpha $A --seed $SEED --total-steps 20000 --svgd-steps 3
-    rl $R/multigoal/sac-gaussian-a$A/seed$SEED sac --env multigoal --head gaussian --autotune false --alpha $A \
-      --seed $SEED --total-steps 20000
+multigoal)  # S2AC paper §4.2: 3 fixed temperatures x 3 seeds, S2AC(phi) and SAC-Gaussian at the same alpha and budget.
+  # S2AC with both SVGD drives: grad Q (the authors' code) and grad Q / alpha (the paper's text); at alpha = 1 the
+  # two are the same run, so s2ac-a1 serves both.
+  MG="--env multigoal --seed"
+  for SEED in 0 1 2; do for A in 0.2 5; do
+    rl $R/multigoal/s2ac-gradq-a$A/seed$SEED s2ac $MG $SEED --alpha $A --total-steps 20000 --svgd-steps 3 \
+      --svgd-drive grad_q
+  done; done
+  for SEED in 2 0 1; do for A in 1 5 0.2; do
+    rl $R/multigoal/s2ac-a$A/seed$SEED s2ac $MG $SEED --alpha $A --total-steps 20000 --svgd-steps 3
+    rl $R/multigoal/sac-gaussian-a$A/seed$SEED sac $MG $SEED --head gaussian --autotune false --alpha $A \
+      --total-steps 20000
   done; done ;;
 mrp)  # mixture paper §5.1: synthetic multimodal bandits, true reward as critic; one job per pair of bandits
   for B in "0 1" "2 3" "4 5"; do
@@ -33,8 +42,6 @@ mountaincar)  # mixture paper §5.3: MountainCar with the 0/1 goal reward, SAC a
   for SEED in 0 1 2 3 4; do
     rl $R/mountaincar/sac-gaussian/seed$SEED sac --env mountaincar-sparse --head gaussian --seed $SEED
     rl $R/mountaincar/sac-gmm-mrp/seed$SEED sac --env mountaincar-sparse --head gmm --seed $SEED
-  done
-  for SEED in 0 1 2 3 4; do
     rl $R/mountaincar/sac-gmm-lr/seed$SEED sac --env mountaincar-sparse --head gmm --estimator lr --seed $SEED
   done ;;
 rpg2d)  # RPG's latent-conditioned policy as a PPO head (our variant) at the PPO heads' budget of eval/rl/
@@ -53,9 +60,9 @@ toys)  # seconds to minutes each
   ;;
 multigoal|mrp|mountaincar|rpg2d) TRAIN="$TRAIN $S" ;;
 esac; done
-# every training run of the sections named, in their order, two at a time
+# every training run of the sections named, in their order, $JOBS at a time
 mkdir -p $R/mrp_bandits
-for S in $TRAIN; do jobs_of $S; done | xargs -P 2 -I{} bash -c '{}'
+for S in $TRAIN; do jobs_of $S; done | xargs -P "$JOBS" -I{} bash -c '{}'
 case " $SECTIONS " in *" report "*)
   ROOTS=$(for X in multigoal mountaincar rpg2d; do [ -d $R/$X ] && echo $R/$X; done)
   $MEPOLY rl report $ROOTS --out $D/report --overwrite
