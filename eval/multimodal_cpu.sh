@@ -8,10 +8,11 @@
 # Methods (METHODS, each a run folder under $RUNS):
 #   mepoly_new  MePoly, stage 1 with the latent options measured in eval/results/latent/ (fixed-scale stress,
 #               posterior-std floor 0.05, Linear z embedding, summed reconstruction): the setting that decoded the
-#               fewest chunks between the two modes there
-#   mepoly_old  MePoly with the shipped stage-1 defaults (iso_latent: mean, batch-normalised stress)
+#               fewest chunks between the two modes there, shipped in configs/stage1/*.yaml since 2026-12
+#   mepoly_old  MePoly with the stage-1 options shipped before 2026-12 (iso_latent: mean, batch-normalised stress,
+#               no std floor, raw z into the AdaLNs, mean reconstruction): its latent collapses
 #   dp          Diffusion Policy (configs/dp/cpu.yaml)
-#   regressor   MePoly with fixed_latent: the decoder always gets z = 0, i.e. an observation-to-chunk MSE
+#   regressor   mepoly_old with fixed_latent: the decoder always gets z = 0, i.e. an observation-to-chunk MSE
 #               regressor (same networks, losses and budgets otherwise)
 # Task budgets: configs/{stage1,stage2,dp}/ReachAround-v1-cpu.yaml; STAGE1_STEPS / STAGE2_STEPS / DP_STEPS override
 # the step counts alone (empty: the configs'), e.g. STAGE1_STEPS=1500 STAGE2_STEPS=1000 EVAL_EVERY=500 for MePoly at
@@ -50,12 +51,16 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-
 # shellcheck source=eval/table1_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/table1_common.sh"
 
+# The shipped stage-1 configs used the old options until 2026-12 and use the new ones since; both variants name
+# every option, so the runs do not depend on which is shipped.
+OLD_STAGE1="--model.iso_norm batch --model.policy.min_posterior_std 0.0 --model.policy.latent_embed false \
+    --model.recon_reduction mean"
 stage1_args() {  # the stage-1 options of a MePoly variant
     case $1 in
         mepoly_new) echo --model.iso_norm dataset --model.policy.min_posterior_std 0.05 \
             --model.policy.latent_embed true --model.recon_reduction sum ;;
-        mepoly_old) ;;
-        regressor) echo --model.policy.fixed_latent true ;;
+        mepoly_old) echo "$OLD_STAGE1" ;;
+        regressor) echo "$OLD_STAGE1" --model.policy.fixed_latent true ;;
         *) echo "unknown MePoly variant $1" >&2; exit 2 ;;
     esac
 }

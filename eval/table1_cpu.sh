@@ -20,8 +20,9 @@
 #   D5  PushT-v1 demos come from this package's scripted pushing expert (mepoly_il/data/maniskill_pusht.py: 86 of
 #       100 random starts solved; the unsolved ones start turned by more than 90 deg), not the paper's RL expert,
 #       and it is evaluated on physx_cpu (paper: physx_cuda).
-#   D8  PushT-v1 DP acts with DDIM-10 instead of DDPM-100 (configs/dp/PushT-v1-cpu.yaml): PushT calls the policy
-#       every step, and DDPM-100 evaluations would dominate the CPU budget.
+#   D8  PushT-v1 and StackCube-v1: DP acts with DDIM-10 instead of DDPM-100 (configs/dp/{PushT,StackCube}-v1-cpu.yaml):
+#       PushT calls the policy every step and StackCube's episodes are 200 steps long, so DDPM-100 evaluations would
+#       dominate the CPU budget (one 20-episode StackCube evaluation took 15-24 min on a loaded 2-core machine).
 # Unchanged: 100 demos per task (motion planning + replay to pd_ee_delta_pos), state observations, evaluation seeds
 # (block 0), max_episode_steps (PushCube/PickCube 100, StackCube 200, PushT 150), reconfiguration_freq=1, ignore
 # terminations, physx_cpu, 3 training seeds, EMA weights evaluated, DP sampler DDPM-100 (except D8).
@@ -47,6 +48,7 @@ MEPOLY_IL=${MEPOLY_IL:-mepoly-il}
 METHODS=${METHODS:-"mepoly dp"}  # which methods to train (the summary covers those present under $RUNS)
 DP_MAX_STEPS=${DP_MAX_STEPS:-}  # D7: empty = the DP config's max_steps
 DP_EVAL_EVERY=${DP_EVAL_EVERY:-$EVAL_EVERY}
+STAGE1_ARGS=${STAGE1_ARGS:-}    # extra stage-1 options (a MePoly variant), e.g. "--model.iso_norm batch"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2}
 
 # shellcheck source=eval/table1_common.sh
@@ -60,9 +62,9 @@ for task in $TASKS; do
     for seed in $SEEDS; do
         if [[ " $METHODS " == *" mepoly "* ]]; then
             # D1: cpu configs
-            # shellcheck disable=SC2046
-        run "$MEPOLY_IL" fit stage1 $(task_configs stage1 cpu "$task") --data.path "datasets/$task.zarr" \
-                --trainer.default_root_dir "$RUNS/stage1/$task/seed$seed" --seed_everything "$seed"
+            # shellcheck disable=SC2046,SC2086
+            run "$MEPOLY_IL" fit stage1 $(task_configs stage1 cpu "$task") --data.path "datasets/$task.zarr" \
+                --trainer.default_root_dir "$RUNS/stage1/$task/seed$seed" --seed_everything "$seed" $STAGE1_ARGS
             # shellcheck disable=SC2046
             run "$MEPOLY_IL" fit stage2 $(task_configs stage2 cpu "$task") --data.path "datasets/$task.zarr" \
                 --model.stage1_ckpt "$(last_ckpt "$RUNS/stage1/$task/seed$seed")" \

@@ -31,3 +31,23 @@ def test_table1_scripts_dry_run(script, scale, tmp_path):
             assert f"configs/dp/{scale}.yaml" in dp and "EvalCallback" in dp and root in dp
             assert "EvalCallback" not in s1  # stage 1 cannot act
     assert cmds[-1].startswith("mepoly-il eval summary") and "--source training" in cmds[-1]
+
+
+def test_table1_cpu_passes_stage1_options_and_stackcube_dp_acts_with_ddim(tmp_path):
+    env = {
+        **os.environ,
+        "DRY_RUN": "1",
+        "SEEDS": "0",
+        "TASKS": "StackCube-v1",
+        "STAGE1_ARGS": "--model.iso_norm batch --model.recon_reduction mean",
+    }
+    path = REPO / "eval" / "table1_cpu.sh"
+    proc = subprocess.run(["bash", str(path)], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    cmds = [line[2:] for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    (s1,) = (c for c in cmds if " fit stage1 " in c)
+    (s2,) = (c for c in cmds if " fit stage2 " in c)
+    (dp,) = (c for c in cmds if " fit dp " in c)
+    assert s1.endswith("--model.iso_norm batch --model.recon_reduction mean") and "iso_norm" not in s2
+    assert "--config configs/dp/cpu.yaml --config configs/dp/StackCube-v1-cpu.yaml" in dp
+    task_cfg = (REPO / "configs" / "dp" / "StackCube-v1-cpu.yaml").read_text()
+    assert "inference: ddim" in task_cfg and "num_inference_steps: 10" in task_cfg

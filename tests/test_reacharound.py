@@ -221,8 +221,8 @@ def test_multimodal_script_dry_run():
     }
     assert all(len(v) == 3 for v in s1.values())
     assert all("--model.iso_norm dataset" in c and "--model.policy.latent_embed true" in c for c in s1["mepoly_new"])
-    assert all("--model.iso_norm" not in c and "fixed_latent" not in c for c in s1["mepoly_old"])
-    assert all("--model.policy.fixed_latent true" in c for c in s1["regressor"])
+    assert all("--model.iso_norm batch" in c and "fixed_latent" not in c for c in s1["mepoly_old"])
+    assert all("--model.iso_norm batch" in c and "--model.policy.fixed_latent true" in c for c in s1["regressor"])
     finals = [c for c in cmds if c.startswith("mepoly-il eval run")]
     assert len(finals) == 12 and all("--episodes 100" in c and "/final_eval" in c for c in finals)
     assert "write_mode_table" in cmds[-1]
