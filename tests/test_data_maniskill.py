@@ -30,9 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
-    """3 motion-planning demos (raw h5 + json) and their converted zarr dataset."""
+    """3 motion-planning demos (raw h5 + json) and their converted zarr dataset.
+
+    The raw folder's name contains ".h5": ManiSkill's recorder derives its json path by replacing every ".h5" in the
+    h5 path, which once broke generate whenever a temporary folder's random name began with "h5".
+    """
     root = tmp_path_factory.mktemp("ms")
-    gen = generate(ENV, 3, root / "raw", seed=0, workers=1, show_progress=False)
+    gen = generate(ENV, 3, root / "raw.h5demos", seed=0, workers=1, show_progress=False)
     conv = convert(gen.h5, root / "push.zarr", show_progress=False)
     return gen, conv, root
 

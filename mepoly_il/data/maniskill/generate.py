@@ -84,6 +84,11 @@ class GenerateWorker:
             record_reward=False,
             save_on_reset=False,
         )
+        # RecordEpisode names its json by replacing every ".h5" in the h5 path, so a folder such as "raw.h5data" (or
+        # a temporary folder whose random name starts with "h5") would send it to a folder that does not exist.
+        if not hasattr(self.env, "_json_path"):
+            raise RuntimeError("mani_skill RecordEpisode no longer has _json_path; update GenerateWorker")
+        self.env._json_path = str(Path(h5_dir) / f"{name}.json")
         gc.collect()
         gc.freeze()  # keeps the full collection in env.close() cheap (see ConvertWorker)
 
