@@ -232,15 +232,17 @@ def test_help_shows_field_docs(capsys, args, docs):
         assert d in text, d
 
 
-def test_sac_mountaincar_sparse(tmp_path):
-    """The sparse MountainCar runs through `rl sac` at a fixed temperature, with its own test-episode metrics and
-    a table in `rl report`."""
+@pytest.mark.parametrize("env", ["mountaincar-sparse", "mountaincar-minus1"])
+def test_sac_mountaincar(tmp_path, env):
+    """Both MountainCar rewards run through `rl sac` at a fixed temperature, with their own test-episode metrics
+    and a table in `rl report`."""
     out = tmp_path / "mc"
-    args = ["sac", "--env", "mountaincar-sparse", "--head", "gmm", "--out", str(out), "--total-steps", "64"]
+    steps = 64 if env == "mountaincar-sparse" else 320  # 320: every env finishes one 40-step training episode
+    args = ["sac", "--env", env, "--head", "gmm", "--out", str(out), "--total-steps", str(steps)]
     args += ["--num-envs", "8", "--learning-starts", "32", "--batch-size", "16", "--log-every", "32", "--quiet"]
     assert rl_main([*args, "--hidden", "16", "--eval-episodes", "6", "--max-steps", "40"]) == 0
     m = _files(out)
-    assert m["variant"] == "sac-gmm-mrp-a0.1" and m["env_steps"] == 64  # the preset's fixed alpha and estimator
+    assert m["variant"] == "sac-gmm-mrp-a0.1" and m["env_steps"] == steps  # the preset's fixed alpha and estimator
     assert m["success_rate"] == 0.0 and m["eval_episodes"] == 6  # 40 steps cannot reach the goal
     assert 0.0 <= m["first_push_left_share"] <= 1.0
     z = np.load(out / "samples.npz")
@@ -248,4 +250,7 @@ def test_sac_mountaincar_sparse(tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["sac"]["autotune"] is False and cfg["head_kwargs"]["num_components"] == 5
     assert rl_main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
-    assert "sac-gmm-mrp-a0.1" in (tmp_path / "rep" / "mountaincar.md").read_text()
+    table = (tmp_path / "rep" / "mountaincar.md").read_text()
+    assert f"| {env} | sac-gmm-mrp-a0.1 | 1 |" in table
+    if env == "mountaincar-minus1":  # -1 per step: the 40-step training episodes return -40
+        assert m["final_train_return"] == -40.0

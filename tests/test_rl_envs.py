@@ -154,6 +154,26 @@ def test_mountaincar_matches_gymnasium_dynamics_with_the_indicator_reward():
     assert reached >= 1
 
 
+def test_mountaincar_minus1_pays_every_step_and_ends_at_the_goal():
+    from mepoly_il.envs.mountaincar import VecMountainCar
+
+    with pytest.raises(ValueError, match="minus1"):
+        VecMountainCar(1, reward="shaped")
+    goal, cost = VecMountainCar(2, max_steps=999, seed=3), VecMountainCar(2, max_steps=999, seed=3, reward="minus1")
+    goal.reset(seed=3)
+    cost.reset(seed=3)
+    lengths = []
+    for _ in range(400):  # push along the velocity: both cars reach the goal within 400 steps
+        a = (np.sign(cost.vel) + (cost.vel == 0))[:, None]
+        _, rg, tg, _, _ = goal.step(a)
+        _, rc, tc, _, info = cost.step(a)
+        assert (tg == tc).all() and (rc == -1.0).all() and (rg == tg).all()  # same dynamics, only the reward differs
+        for i in np.flatnonzero(info["episode_done"]):
+            assert tc[i] and info["episode_return"][i] == -info["episode_length"][i]
+            lengths.append(int(info["episode_length"][i]))
+    assert len(lengths) >= 2
+
+
 def test_mountaincar_time_limit_is_truncation():
     from mepoly_il.envs.mountaincar import VecMountainCar
 

@@ -11,7 +11,8 @@ Gaussian / mixture / MePoly heads, S2AC and RPG on the bandits, Smooth World and
 
 ENV is ``bandit-lemniscate``, ``bandit-two-moons`` or ``smoothworld-<layout>`` (layouts: two_walls,
 four_walls, tree_in_the_middle, two_slits, cshape, three_goals; hyphens or underscores); sac and s2ac also take
-``multigoal`` and ``mountaincar-sparse`` (MountainCar with the 0/1 goal reward), rpg ``toy1d``. Options left
+``multigoal``, ``mountaincar-minus1`` (MountainCar paying -1 per step) and ``mountaincar-sparse`` (paying 1 at the
+goal only), rpg ``toy1d``. Options left
 unset take the per-env / per-head preset of
 :func:`mepoly_il.rl.config.preset` (PPO: the budget of the published tables in eval/rl/) or
 :func:`mepoly_il.rl.config.sac_preset`, then the dataclass defaults. Option names take hyphens or underscores
@@ -34,6 +35,8 @@ from pathlib import Path
 from mepoly_il.errors import UserError
 
 BANDIT_ENVS = {"bandit-lemniscate": "lemniscate", "bandit-two-moons": "two_moons"}
+#: MountainCar env names -> the reward of :class:`mepoly_il.envs.mountaincar.VecMountainCar`
+MOUNTAINCAR_ENVS = {"mountaincar-minus1": "minus1", "mountaincar-sparse": "goal"}
 
 
 def parse_env(env: str, extra: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -179,10 +182,10 @@ def _make_envs(kind: str, task: str, num_envs: int, env_cfg, seed: int):
         from mepoly_il.envs.multigoal import VecMultiGoal
 
         return VecMultiGoal(num_envs, max_steps=env_cfg.max_steps), None
-    if kind == "mountaincar-sparse":
+    if kind in MOUNTAINCAR_ENVS:
         from mepoly_il.envs.mountaincar import VecMountainCar
 
-        return VecMountainCar(num_envs, max_steps=env_cfg.max_steps, seed=seed), None
+        return VecMountainCar(num_envs, env_cfg.max_steps, seed, reward=MOUNTAINCAR_ENVS[kind]), None
     from mepoly_il.envs.smoothworld import VecSmoothWorld
 
     return VecSmoothWorld(task, num_envs, max_steps=env_cfg.max_steps, seed=seed), None
@@ -229,7 +232,7 @@ def _evaluate(agent, kind: str, btask, envs, env_cfg, eval_cfg, seed: int) -> tu
         return eval_bandit(agent, btask, envs, eval_cfg.eval_samples, seed)
     if kind == "multigoal":
         return eval_multigoal(agent, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
-    if kind == "mountaincar-sparse":
+    if kind in MOUNTAINCAR_ENVS:
         return eval_mountaincar(agent, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
     return eval_smoothworld(agent, envs, eval_cfg.eval_episodes, seed, env_cfg.max_steps)
 
@@ -324,8 +327,8 @@ def _ppo_run(ns, head_name, ppo_cfg, head_cfg, env_cfg, eval_cfg, method: str, v
 # ------------------------------------------------------------------------------------------------ sac, s2ac, rpg
 #: env kinds each off-policy / RPG command accepts besides the bandits and Smooth World
 EXTRA_ENVS = {
-    "sac": ("multigoal", "mountaincar-sparse"),
-    "s2ac": ("multigoal", "mountaincar-sparse"),
+    "sac": ("multigoal", "mountaincar-minus1", "mountaincar-sparse"),
+    "s2ac": ("multigoal", "mountaincar-minus1", "mountaincar-sparse"),
     "rpg": ("toy1d",),
 }
 ENV_HELP = "bandit-lemniscate | bandit-two-moons | smoothworld-<layout>"

@@ -2,9 +2,15 @@
 
 Dynamics are gymnasium's ``MountainCarContinuous-v0`` (power 0.0015, gravity term 0.0025 cos(3x), speed clipped
 to 0.07, position to [-1.2, 0.6], inelastic left wall, goal x >= 0.45 with v >= 0, starts x ~ U(-0.6, -0.4),
-v = 0, 999-step limit); ``tests/test_rl_envs.py`` checks them step by step against gymnasium. The reward is the
-paper's indicator instead of gymnasium's shaped one (``-0.1 a^2`` per step, +100 at the goal): **1 on the step
-that reaches the goal, else 0**, so nothing tells the agent which way to push until it has reached the goal once.
+v = 0, 999-step limit); ``tests/test_rl_envs.py`` checks them step by step against gymnasium. Neither reward is
+gymnasium's shaped one (``-0.1 a^2`` per step, +100 at the goal); both carry no hint of which way to push:
+
+* ``reward="minus1"`` (env ``mountaincar-minus1``): **-1 on every step**, the goal step included, as in the discrete
+  MountainCar that the paper adapts to continuous actions (and GreedyAC's continuous variant). Critics that start
+  near 0 are then optimistic about unvisited states, which drives exploration.
+* ``reward="goal"`` (env ``mountaincar-sparse``): **1 on the step that reaches the goal, else 0**; nothing is
+  learned until the goal has been reached once.
+
 (The paper adapts the discrete MountainCar, force 0.001; this module keeps the continuous env's 0.0015.)
 
 Observations are rescaled to [-1, 1] per dimension (position by its range, speed by 0.07), a fixed affine map of
@@ -22,6 +28,7 @@ MIN_POS, MAX_POS, MAX_SPEED = -1.2, 0.6, 0.07
 GOAL_POS, GOAL_VEL = 0.45, 0.0
 POWER, GRAVITY = 0.0015, 0.0025
 MAX_STEPS = 999
+REWARDS = ("goal", "minus1")
 
 
 def scale_obs(pos: np.ndarray, vel: np.ndarray) -> np.ndarray:
@@ -36,8 +43,10 @@ class VecMountainCar:
     obs_dim = 2
     act_dim = 1
 
-    def __init__(self, num_envs: int, max_steps: int = MAX_STEPS, seed: int = 0):
-        self.num_envs, self.max_steps = int(num_envs), int(max_steps)
+    def __init__(self, num_envs: int, max_steps: int = MAX_STEPS, seed: int = 0, reward: str = "goal"):
+        if reward not in REWARDS:
+            raise ValueError(f"reward={reward!r}: choose one of {', '.join(REWARDS)}")
+        self.num_envs, self.max_steps, self.reward = int(num_envs), int(max_steps), reward
         self.rng = np.random.default_rng(seed)
         self.pos = np.zeros(self.num_envs)
         self.vel = np.zeros(self.num_envs)
@@ -60,7 +69,7 @@ class VecMountainCar:
         self.pos = np.clip(self.pos + self.vel, MIN_POS, MAX_POS)
         self.vel[(self.pos == MIN_POS) & (self.vel < 0)] = 0.0
         term = (self.pos >= GOAL_POS) & (self.vel >= GOAL_VEL)
-        reward = term.astype(np.float64)
+        reward = term.astype(np.float64) if self.reward == "goal" else np.full(self.num_envs, -1.0)
         self.t += 1
         self.ret += reward
         trunc = (self.t >= self.max_steps) & ~term

@@ -189,10 +189,10 @@ def eval_multigoal(agent, episodes: int, seed: int, max_steps: int) -> tuple[dic
 
 
 def eval_mountaincar(agent, episodes: int, seed: int, max_steps: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """Run ``episodes`` test episodes of the sparse MountainCar (one env per episode, starts drawn with numpy seed
-    ``RL_EVAL_START_SEED_OFFSET + seed``), acting by ``agent.head.act``.
+    """Run ``episodes`` test episodes of MountainCar (one env per episode, starts drawn with numpy seed
+    ``RL_EVAL_START_SEED_OFFSET + seed``), acting by ``agent.head.act``; the reward does not enter the metrics.
 
-    Metrics: ``success_rate`` (= mean return, the reward being 1 at the goal only), ``steps_to_goal_mean`` over
+    Metrics: ``success_rate`` (share of episodes that reach the goal), ``steps_to_goal_mean`` over
     the successes, and ``first_push_left_share``: the share of episodes whose first action pushes left (< 0), the
     direction choice that makes the start state bimodal. Arrays: per-episode ``success``, ``length``,
     ``first_action``."""

@@ -381,10 +381,10 @@ def write_report(roots: list[str | Path], out: str | Path, overwrite: bool = Fal
         (out / "multigoal.md").write_text(
             simple_table(groups, ["multigoal"], MG_COLS, "Multi-goal point mass: goal shares of the test episodes")
         )
-    if "mountaincar-sparse" in envs:
-        (out / "mountaincar.md").write_text(
-            simple_table(groups, ["mountaincar-sparse"], MC_COLS, "MountainCar, 0/1 goal reward (test episodes)")
-        )
+    mc_envs = [e for e in ("mountaincar-minus1", "mountaincar-sparse") if e in envs]
+    if mc_envs:
+        title = "MountainCar (-minus1: -1 per step; -sparse: 1 at the goal, else 0), test episodes"
+        (out / "mountaincar.md").write_text(simple_table(groups, mc_envs, MC_COLS, title))
     if "toy1d" in envs:
         (out / "toy1d.md").write_text(simple_table(groups, ["toy1d"], TOY_COLS, "RPG toy bandit (1-D)"))
     return len(runs)

@@ -236,6 +236,8 @@ SAC_PRESETS: dict[str, dict[str, object]] = {
         "eval_episodes": 50,
     },
 }
+# -1 per step: the paper's unshaped reward, at the env-step budget of the lab setup it cites (GreedyAC, 100 000)
+SAC_PRESETS["mountaincar-minus1"] = {**SAC_PRESETS["mountaincar-sparse"], "total_steps": 100_000, "log_every": 10_000}
 #: SACConfig fields of the head actors that the SVGD actor does not read (not offered as `rl s2ac` flags).
 S2AC_UNUSED = frozenset({"estimator", "lr_samples", "quad_nodes"})
 #: S2AC: the temperature is fixed (as in the paper and the authors' code); head fields do not exist for it.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Exact commands behind eval/rl/seed_methods/ (2-core CPU shared with other jobs, no GPU; every process is
 # single-threaded, $JOBS at a time, default 2). `run.sh` runs every section; `run.sh multigoal mrp ...` only those
-# named (sections: toys multigoal mrp rpg2d mountaincar report). Training runs land in runs/rl/seed_methods/
+# named (sections: toys multigoal mrp rpg2d mountaincar mountaincar-minus1 report). Training runs land in runs/rl/seed_methods/
 # (git-ignored); a run whose metrics.json (or JSON) exists is skipped, so the script resumes. Jobs start in the
 # order listed (most informative first), so a partial sweep is the head of each list. Tables, plots and JSON are
 # written next to this file.
@@ -13,7 +13,7 @@ MEPOLY=${MEPOLY:-.venv/bin/mepoly-il}
 D=eval/rl/seed_methods
 R=${RUNS:-runs/rl/seed_methods}
 JOBS=${JOBS:-2}
-SECTIONS=${*:-"toys multigoal mrp rpg2d mountaincar report"}
+SECTIONS=${*:-"toys multigoal mrp rpg2d mountaincar mountaincar-minus1 report"}
 
 rl() {  # rl OUT ARGS...: the command line of one `mepoly-il rl` run into OUT, unless it is finished
   local out=$1; shift
@@ -44,6 +44,14 @@ mountaincar)  # mixture paper §5.3: MountainCar with the 0/1 goal reward, SAC a
     rl $R/mountaincar/sac-gmm-mrp/seed$SEED sac --env mountaincar-sparse --head gmm --seed $SEED
     rl $R/mountaincar/sac-gmm-lr/seed$SEED sac --env mountaincar-sparse --head gmm --estimator lr --seed $SEED
   done ;;
+mountaincar-minus1)  # the same with the paper's unshaped reward (-1 per step) at the lab's 100 000 env steps
+  for SEED in 0 1 2 3 4; do
+    rl $R/mountaincar_minus1/sac-gaussian/seed$SEED sac --env mountaincar-minus1 --head gaussian --seed $SEED
+    rl $R/mountaincar_minus1/sac-gmm-mrp/seed$SEED sac --env mountaincar-minus1 --head gmm --seed $SEED
+  done
+  for SEED in 0 1 2 3 4; do  # the likelihood-ratio baseline last
+    rl $R/mountaincar_minus1/sac-gmm-lr/seed$SEED sac --env mountaincar-minus1 --head gmm --estimator lr --seed $SEED
+  done ;;
 rpg2d)  # RPG's latent-conditioned policy as a PPO head (our variant) at the PPO heads' budget of eval/rl/
   for SEED in 0 1 2; do for E in bandit-lemniscate bandit-two-moons smoothworld-tree_in_the_middle; do
     rl $R/rpg2d/$E/seed$SEED rpg --env $E --seed $SEED
@@ -58,13 +66,13 @@ toys)  # seconds to minutes each
   $PY $D/s2ac_entropy.py $D/s2ac_entropy.json           # S2AC closed-form entropy vs known entropies
   $PY $D/actor_cost.py > $D/actor_cost.txt              # ms per SAC actor step per estimator
   ;;
-multigoal|mrp|mountaincar|rpg2d) TRAIN="$TRAIN $S" ;;
+multigoal|mrp|mountaincar|mountaincar-minus1|rpg2d) TRAIN="$TRAIN $S" ;;
 esac; done
 # every training run of the sections named, in their order, $JOBS at a time
 mkdir -p $R/mrp_bandits
 for S in $TRAIN; do jobs_of $S; done | xargs -P "$JOBS" -I{} bash -c '{}'
 case " $SECTIONS " in *" report "*)
-  ROOTS=$(for X in multigoal mountaincar rpg2d; do [ -d $R/$X ] && echo $R/$X; done)
+  ROOTS=$(for X in multigoal mountaincar mountaincar_minus1 rpg2d; do [ -d $R/$X ] && echo $R/$X; done)
   $MEPOLY rl report $ROOTS --out $D/report --overwrite
   $PY $D/mrp_report.py $R/mrp_bandits $D/mrp_bandits.md
   ;;
