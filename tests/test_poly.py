@@ -463,10 +463,34 @@ def test_error_estimate_and_refinement_on_peaked_gaussians(sigma):
     wide = screen > fam.tol
     assert torch.equal(est[~wide], screen[~wide])
     assert (est[~wide] >= err[~wide] / 3 - 1e-12).all()  # an upper estimate (up to float rounding)
-    ratio = est[wide] / err[wide]
+    kept = wide & ~refined  # the wider rule vouched for the base level: the difference is the error at n itself
+    ratio = est[kept] / err[kept]
     assert ((ratio >= 1 / 3) & (ratio <= 3)).all(), ratio
+    assert (est[refined] <= fam.tol).all()  # a refined row carries the screen of the level it was accepted at
     if sigma <= 0.05:
         assert wide.any()
+
+
+def test_ladder_accepts_a_level_by_its_own_screen():
+    """A row the base level cannot resolve but 1.5x its nodes can is accepted there after that level's n - 4
+    screen, without a pass at the level above it (3.4x its cost in dim 3); log Z ends within tol of the truth."""
+    fam = PolynomialFamily(2, 8)
+    lam = gaussian_params(2, 8, 0.05, 8, seed=5)[[0, 1, 4, 6]]  # rows that 24 nodes miss and 36 resolve
+    asked: list[int] = []
+    grid_pass = fam._grid_pass
+
+    def spy(coef, kind, n, full):
+        asked.append(n)
+        return grid_pass(coef, kind, n, full)
+
+    fam._grid_pass = spy
+    d = fam(lam)
+    log_z, used = d.log_partition, d.quadrature_nodes
+    truth = torch.tensor([np_stats(row.numpy(), 2, 8, n=200)[0] for row in lam], dtype=torch.float64)
+    assert (used == 36).all(), used
+    # base pass 24 + its screen 20; ladder: 36, screened against 32 (never checked against 54); entropy pass at 36
+    assert asked == [24, 20, 36, 32, 36], asked
+    assert ((log_z - truth).abs() <= fam.tol).all()
 
 
 def test_trapezoid_error_estimate_flags_edge_heavy_density():

@@ -32,8 +32,11 @@ checked. Gauss: a cheap screen first compares with ``n - 4`` nodes; that differe
 error, an upper estimate of the error at ``n`` (measured up to 100-1000x above it on Gaussians with std
 0.03-0.3, the ratio growing as the error shrinks far below ``tol``). Rows the screen flags are compared with a
 clearly wider rule (x1.5 nodes per dim) whose error is far smaller, so ``|Q_n - Q_1.5n|`` is the error at ``n``
-itself (within 3x, checked in ``tests/test_poly.py``): a row within ``tol`` keeps its ``n`` nodes, the others go
-up the x1.5 ladder to the first level that passes, up to ``max_nodes``. Trapezoid: ``n/2`` nodes with a
+itself (within 3x, checked in ``tests/test_poly.py``): a row within ``tol`` keeps its ``n`` nodes. The others go
+up the x1.5 ladder, up to ``max_nodes``: each new level ``n'`` is screened like the base one (against ``n' - 4``
+nodes) and a row within ``tol`` takes it, while the comparison with the level above only decides whether a row
+may stay at the level below. So a level costs its own pass and a slightly smaller one, never a pass x3.4 its
+size (dim 3). Trapezoid: ``n/2`` nodes with a
 Richardson factor, since its error is O(h^2), and the finer level of a passing pair is used. Rows still over
 ``tol`` at the cap raise a loud ``QuadratureWarning`` naming the numbers. ``dist.quadrature_nodes`` and
 ``dist.log_partition_error`` report what was used. The default ``tol = 1e-3`` nats is an error in every
@@ -291,8 +294,9 @@ class PolynomialFamily:
         its boxes resolves the row's log Z, the log of the boxes' summed masses (``|Q_n - Q_{n-4}| <= tol``, the
         screen of "Under-resolution", so a box with a tiny share of the mass may be resolved more loosely), when
         every face inside ``(-1, 1)^d`` lies ``_ZOOM_FACE_MARGIN`` nats below the row's highest energy, and when
-        it needs at most ``_ZOOM_MAX_BOXES`` boxes. ``log_mass`` is each box's log Z by the base rule laid on it;
-        it weighs the boxes of a row when sampling.
+        it needs at most ``_ZOOM_MAX_BOXES`` boxes. A row whose kept nodes span every dim gets no box (the zoom
+        cannot shrink its domain) and is not ``ok``, at the cost of the first round only. ``log_mass`` is each
+        box's log Z by the base rule laid on it; it weighs the boxes of a row when sampling.
         """
         n, d, dtype, dev = self.nodes, self.dim, lam.dtype, lam.device
         b = lam.shape[0]
@@ -308,7 +312,7 @@ class PolynomialFamily:
         floor = (logp.reshape(b, -1).amax(-1) - _ZOOM_KEEP).tolist()
         x = nodes64.tolist()
         rows, los, his = [], [], []
-        too_many = torch.zeros(b, dtype=torch.bool, device=dev)
+        no_zoom = torch.zeros(b, dtype=torch.bool, device=dev)
         for r in range(b):
             runs = []
             for j in range(d):
@@ -324,16 +328,20 @@ class PolynomialFamily:
                 for box in itertools.product(*runs)
                 if float(logp[(r, *(slice(f, last + 1) for f, last in box))].max()) >= floor[r]
             ]
-            if not boxes or len(boxes) > _ZOOM_MAX_BOXES:
-                too_many[r] = True
-                boxes = boxes[:1] or [tuple([0, n - 1] for _ in range(d))]
+            if not boxes or len(boxes) > _ZOOM_MAX_BOXES or boxes == [tuple([0, n - 1] for _ in range(d))]:
+                # too many boxes, or one box that is the whole domain: the second round would lay the base rule on
+                # it again, find the same box and fail the same screen, so the row goes up the ladder right away
+                no_zoom[r] = True
+                continue
             for box in boxes:
                 rows.append(r)
                 los.append([x[f - 1] if f > 0 else -1.0 for f, _ in box])
                 his.append([x[last + 1] if last < n - 1 else 1.0 for _, last in box])
         row = torch.tensor(rows, dtype=torch.long, device=dev)
-        lo = torch.tensor(los, dtype=torch.float64, device=dev)
-        hi = torch.tensor(his, dtype=torch.float64, device=dev)
+        lo = torch.tensor(los, dtype=torch.float64, device=dev).view(-1, d)
+        hi = torch.tensor(his, dtype=torch.float64, device=dev).view(-1, d)
+        if not rows:
+            return row, lo, hi, lo.new_empty(0, dtype=dtype), ~no_zoom
         c = coef[row][:, None, :]
         k = row.numel()
         # second round: the same rule on each box finds its mass more sharply
@@ -373,7 +381,7 @@ class PolynomialFamily:
             e_face = self.plan.contract(c, steps)[..., 0].view(k, *[n] * j, 2, *[n] * (d - j - 1))
             e_face = e_face.movedim(j + 1, 1).reshape(k, 2, -1).amax(-1)  # (K, 2): lower and upper face
             ok &= ((faces[:, j].abs() >= 1.0) | (e_face <= peak[:, None] - _ZOOM_FACE_MARGIN)).all(-1)
-        row_ok = ~too_many
+        row_ok = ~no_zoom
         row_ok[row[~ok]] = False
         return row, lo, hi, z[0], row_ok
 
@@ -459,20 +467,7 @@ class PolynomialFamily:
             m = (n + 1) // 2 if trapezoid else max(1, n - 4)
             err = self._err_estimate(log_z.detach(), self._grid_pass(cz, kind, m, False), n, m, kind)
             pending = torch.nonzero(~(err <= self.tol)).squeeze(1)  # NaN/inf count as failing
-            assigned: dict[int, torch.Tensor] = {}
-            cur_n, cur_z = n, log_z.detach()[pending]
-            while pending.numel():
-                nxt = self._next_nodes(cur_n)
-                if nxt > self.max_nodes:
-                    break
-                z_next = self._grid_pass(cz[pending], kind, nxt, False)
-                e = self._err_estimate(z_next, cur_z, nxt, cur_n, kind)
-                ok = e <= self.tol
-                err[pending] = e
-                # Gauss: |Q_n - Q_wider| is the error at n itself (the wider rule's is far smaller), so a row
-                # that passes keeps the level it already has; trapezoid: Richardson estimates the finer level
-                assigned[nxt if trapezoid else cur_n] = pending[ok]
-                pending, cur_z, cur_n = pending[~ok], z_next[~ok], nxt
+            assigned, pending, cur_n = self._ladder(cz, pending, log_z.detach()[pending], err)
             if pending.numel():
                 assigned[cur_n] = torch.cat([assigned.get(cur_n, pending[:0]), pending])
                 lam = natural_params.detach()[pending]
@@ -493,6 +488,46 @@ class PolynomialFamily:
             ent = ent.index_put((idx,), h2)
             used[idx] = nn
         return log_z, ent, err, used, None
+
+    def _ladder(self, coef: torch.Tensor, pending: torch.Tensor, cur_z: torch.Tensor, err: torch.Tensor):
+        """The refinement ladder of "Under-resolution" (no grad) for the rows ``pending`` of ``coef`` whose
+        base-level log Z ``cur_z`` failed the screen -> ``({nodes: rows}, rows unresolved at max_nodes, their
+        nodes)``; ``err`` ``(B,)`` gets each row's estimate at the level it ends on.
+
+        Gauss, per level ``n -> n' = 1.5 n``: a row with ``|Q_n - Q_n'| <= tol`` keeps ``n`` (the wider rule's
+        error is far smaller, so the difference is the error at ``n`` itself); for the others ``Q_n'`` is screened
+        like the base level, against ``n' - 4`` nodes (about that coarser rule's error, an upper estimate of the
+        error at ``n'``), and a row within ``tol`` takes ``n'``. So a level is accepted at the cost of its own
+        pass and a slightly smaller one, not of a pass 3.4x its size (dim 3), and only rows that fail both go up.
+        Trapezoid: Richardson on ``n`` vs ``n'``, and a passing row takes ``n'``."""
+        kind = self.quadrature_kind
+        assigned: dict[int, torch.Tensor] = {}
+
+        def assign(n: int, idx: torch.Tensor) -> None:
+            assigned[n] = torch.cat([assigned[n], idx]) if n in assigned else idx
+
+        cur_n = self.nodes
+        while pending.numel():
+            nxt = self._next_nodes(cur_n)
+            if nxt > self.max_nodes:
+                break
+            z_next = self._grid_pass(coef[pending], kind, nxt, False)
+            e = self._err_estimate(z_next, cur_z, nxt, cur_n, kind)
+            done = e <= self.tol
+            err[pending] = e
+            if kind == "trapezoid":
+                assign(nxt, pending[done])
+            else:
+                assign(cur_n, pending[done])
+                rest = torch.nonzero(~done).squeeze(1)
+                if rest.numel():
+                    screen = (z_next[rest] - self._grid_pass(coef[pending[rest]], kind, max(1, nxt - 4), False)).abs()
+                    err[pending[rest]] = screen
+                    passed = screen <= self.tol
+                    assign(nxt, pending[rest[passed]])
+                    done = done.index_put((rest,), passed)
+            pending, cur_z, cur_n = pending[~done], z_next[~done], nxt
+        return assigned, pending, cur_n
 
     @staticmethod
     def _err_estimate(z_fine, z_coarse, n_fine, n_coarse, kind):
@@ -852,22 +887,17 @@ class PolynomialDistribution(Distribution):
                 for n in torch.unique(self._stats[3][bad]).tolist():
                     put(bad[self._stats[3][bad] == n], "refined", n)
             else:  # the ladder of "Under-resolution" for log Z alone (no entropy, no second pass at the level used)
-                cur_n, cur_z = fam.nodes, z_n[bad]
-                while bad.numel():
-                    nxt = fam._next_nodes(cur_n)
-                    if nxt > fam.max_nodes:
-                        warnings.warn(
-                            f"PolynomialDistribution.sample: {bad.numel()} of {rows} rows under-resolved even with "
-                            f"{cur_n} gauss nodes per dim (max_nodes={fam.max_nodes}); sampled on that grid",
-                            QuadratureWarning,
-                            stacklevel=4,
-                        )
-                        put(bad, "refined", cur_n)
-                        break
-                    z_next = fam._grid_pass(coef[bad], "gauss", nxt, False)
-                    done = (z_next - cur_z).abs() <= fam.tol  # |Q_n - Q_1.5n| is the error at n itself
-                    put(bad[done], "refined", cur_n)
-                    bad, cur_z, cur_n = bad[~done], z_next[~done], nxt
+                assigned, left, n_left = fam._ladder(coef, bad, z_n[bad], z_n.new_empty(rows))
+                for n, idx in assigned.items():
+                    put(idx, "refined", n)
+                if left.numel():
+                    warnings.warn(
+                        f"PolynomialDistribution.sample: {left.numel()} of {rows} rows under-resolved even with "
+                        f"{n_left} gauss nodes per dim (max_nodes={fam.max_nodes}); sampled on that grid",
+                        QuadratureWarning,
+                        stacklevel=4,
+                    )
+                    put(left, "refined", n_left)
         self.sampler_rows = counts
         return out.reshape(s * rows, d)
 
@@ -937,10 +967,9 @@ class PolynomialDistribution(Distribution):
             outs = []
             for a in range(0, cur.shape[0], step):
                 tabs = tables if box is None else [t[a : a + step] for t in tables]
-                e = plan.contract(cur[a : a + step], tabs, start=j)[..., 0]
+                e = plan.split_energies(cur[a : a + step], j, tabs[0], tabs[1:])  # (r, M, n^(d-j-1))
                 # one shift per row instead of a logsumexp per fine node: exp, then a matrix-vector product with
                 # the weights; nodes more than _SAMPLE_FLOOR nats below the row's peak (no mass) are floored there
-                e = e.reshape(e.shape[0], m, -1)
                 top = e.amax(dim=(1, 2))
                 mass = e.sub_(top[:, None, None]).exp_() @ weights[j]
                 outs.append(mass.log_().clamp_(min=-_SAMPLE_FLOOR).add_(top[:, None] + shift[j]))
