@@ -418,8 +418,7 @@ class PolynomialFamily:
         """One quadrature pass on a chunk: coef ``(b, R0)`` -> logZ ``(b,)`` [and entropy ``(b,)``]."""
         _, tables, lw, _ = self._grid(kind, n, coef.dtype, coef.device)
         if not full:
-            with torch.no_grad():
-                return _GridLogZEntropy.forward(None, coef, self.plan, tables, lw)[0]
+            return _grid_log_z(coef, self.plan, tables, lw)
         return _GridLogZEntropy.apply(coef, self.plan, tables, lw)
 
     def _grid_mean(self, coef: torch.Tensor, log_z: torch.Tensor, kind: str, n: int) -> torch.Tensor:
@@ -653,6 +652,20 @@ def _log_z_entropy(logits: torch.Tensor, lw: torch.Tensor):
     log_z = m.squeeze(-1) + s.log()
     e_ell = (a.mul_(logits)).sum(-1) / s  # einsum/bmm is several times slower here on CPU
     return log_z, e_ell
+
+
+@torch.no_grad()
+def _grid_log_z(coef: torch.Tensor, plan: ContractionPlan, tables: list, lw: torch.Tensor) -> torch.Tensor:
+    """``log Z`` alone on a full tensor grid (screens, the refinement ladder): the blocks of
+    ``_GridLogZEntropy`` without the entropy's extra passes over the energies."""
+    step = _block_rows(lw.numel())
+    with single_thread_for_small_ops(coef.device):
+        return torch.cat(
+            [
+                torch.logsumexp(plan.grid_energies(coef[a : a + step], tables) + lw, dim=-1)
+                for a in range(0, coef.shape[0], step)
+            ]
+        )
 
 
 class _GridLogZEntropy(torch.autograd.Function):
