@@ -1,4 +1,4 @@
-"""eval/table1*.sh: valid bash, and the command sequence they would run (DRY_RUN, nothing executed)."""
+"""eval/**/*.sh: valid bash; eval/table1*.sh: the command sequence they would run (DRY_RUN, nothing executed)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,10 @@ def test_table1_cpu_passes_stage1_options_and_stackcube_dp_acts_with_ddim(tmp_pa
     assert "--config configs/dp/cpu.yaml --config configs/dp/StackCube-v1-cpu.yaml" in dp
     task_cfg = (REPO / "configs" / "dp" / "StackCube-v1-cpu.yaml").read_text()
     assert "inference: ddim" in task_cfg and "num_inference_steps: 10" in task_cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "eval").rglob("*.sh")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_eval_script_is_valid_bash(path):
+    """The experiment scripts (most run for hours and are not executed in tests) at least parse."""
+    proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

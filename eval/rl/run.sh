@@ -42,3 +42,7 @@ for S in 0 1 2; do
       --jobs 2 -- --iterations 100
 done
 $MEPOLY rl report runs/rl/smoothworld_long --out eval/rl/smoothworld_long --overwrite
+
+# 7. Smooth World at the MePoly authors' env-step budget (1.0M / 4.1M / 8.2M steps; about 3.5 CPU-hours): its own
+#    script and report (eval/rl/smoothworld_authors/).
+bash eval/rl/smoothworld_authors.sh
