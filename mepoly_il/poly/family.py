@@ -36,13 +36,12 @@ itself (within 3x, checked in ``tests/test_poly.py``): a row within ``tol`` keep
 up the x1.5 ladder, up to ``max_nodes``: each new level ``n'`` is screened like the base one (against ``n' - 4``
 nodes) and a row within ``tol`` takes it, while the comparison with the level above only decides whether a row
 may stay at the level below. So a level costs its own pass and a slightly smaller one, never a pass x3.4 its
-size (dim 3). Trapezoid: ``n/2`` nodes with a
-Richardson factor, since its error is O(h^2), and the finer level of a passing pair is used. Rows still over
-``tol`` at the cap raise a loud ``QuadratureWarning`` naming the numbers. ``dist.quadrature_nodes`` and
-``dist.log_partition_error`` report what was used. The default ``tol = 1e-3`` nats is an error in every
-log-likelihood term far below the minibatch noise of a mean NLL (per-sample log densities vary by nats, so a
-batch of a few hundred has noise of several 1e-2). The screen costs about ``((n-4)/n)^dim`` of a pass (58% for
-dim 3 with 24 nodes); ``check=False`` skips all of it.
+size (dim 3). Trapezoid: ``n/2`` nodes with a Richardson factor, since its error is O(h^2), and the finer level
+of a passing pair is used. Rows still over ``tol`` at the cap raise a loud ``QuadratureWarning`` naming the
+numbers. ``dist.quadrature_nodes`` and ``dist.log_partition_error`` report what was used. The default
+``tol = 1e-3`` nats is an error in every log-likelihood term far below the minibatch noise of a mean NLL
+(per-sample log densities vary by nats, so a batch of a few hundred has noise of several 1e-2). The screen costs
+about ``((n-4)/n)^dim`` of a pass (58% for dim 3 with 24 nodes); ``check=False`` skips all of it.
 
 Sampling (grid rules). One coordinate at a time: the conditional density of x_j given the drawn x_<j, with
 the later coordinates integrated out by the quadrature rule, is evaluated on ``sample_nodes`` (257) uniform
