@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Exact commands behind eval/rl/seed_methods/ (2-core CPU shared with other jobs, no GPU; every process is
 # single-threaded, $JOBS at a time, default 2). `run.sh` runs every section; `run.sh multigoal mrp ...` only those
-# named (sections: toys multigoal multigoal-amortised mrp rpg2d mountaincar mountaincar-minus1 report). Training runs land in runs/rl/seed_methods/
+# named (sections: toys multigoal multigoal-mepoly multigoal-amortised mrp rpg2d mountaincar mountaincar-minus1 report). Training runs land in runs/rl/seed_methods/
 # (git-ignored); a run whose metrics.json (or JSON) exists is skipped, so the script resumes. Jobs start in the
 # order listed (most informative first), so a partial sweep is the head of each list. Tables, plots and JSON are
 # written next to this file.
@@ -13,7 +13,7 @@ MEPOLY=${MEPOLY:-.venv/bin/mepoly-il}
 D=eval/rl/seed_methods
 R=${RUNS:-runs/rl/seed_methods}
 JOBS=${JOBS:-2}
-SECTIONS=${*:-"toys multigoal multigoal-amortised mrp rpg2d mountaincar mountaincar-minus1 report"}
+SECTIONS=${*:-"toys multigoal multigoal-mepoly multigoal-amortised mrp rpg2d mountaincar mountaincar-minus1 report"}
 
 rl() {  # rl OUT ARGS...: the command line of one `mepoly-il rl` run into OUT, unless it is finished
   local out=$1; shift
@@ -34,6 +34,11 @@ multigoal)  # S2AC paper §4.2: 3 fixed temperatures x 3 seeds, S2AC(phi) and SA
     rl $R/multigoal/sac-gaussian-a$A/seed$SEED sac $MG $SEED --head gaussian --autotune false --alpha $A \
       --total-steps 20000
   done; done ;;
+multigoal-mepoly)  # SAC with the MePoly head (quadrature actor gradient) at the multigoal section's budget, alpha 1
+  for SEED in 0 1; do
+    rl $R/multigoal/sac-mepoly-a1/seed$SEED sac --env multigoal --seed $SEED --head mepoly --autotune false \
+      --alpha 1 --total-steps 20000
+  done ;;
 multigoal-amortised)  # S2AC(phi, theta): the amortised actor at the alphas and budget of the multigoal section
   for SEED in 0 1 2; do for A in 1 5 0.2; do
     rl $R/multigoal/s2ac-amortised-a$A/seed$SEED s2ac --env multigoal --seed $SEED --alpha $A --total-steps 20000 \
@@ -71,7 +76,7 @@ toys)  # seconds to minutes each
   $PY $D/s2ac_entropy.py $D/s2ac_entropy.json           # S2AC closed-form entropy vs known entropies
   $PY $D/actor_cost.py > $D/actor_cost.txt              # ms per SAC actor step per estimator
   ;;
-multigoal|multigoal-amortised|mrp|mountaincar|mountaincar-minus1|rpg2d) TRAIN="$TRAIN $S" ;;
+multigoal|multigoal-mepoly|multigoal-amortised|mrp|mountaincar|mountaincar-minus1|rpg2d) TRAIN="$TRAIN $S" ;;
 esac; done
 # every training run of the sections named, in their order, $JOBS at a time
 mkdir -p $R/mrp_bandits
