@@ -34,11 +34,11 @@ multigoal)  # S2AC paper §4.2: 3 fixed temperatures x 3 seeds, S2AC(phi) and SA
     rl $R/multigoal/sac-gaussian-a$A/seed$SEED sac $MG $SEED --head gaussian --autotune false --alpha $A \
       --total-steps 20000
   done; done ;;
-multigoal-mepoly)  # SAC with the MePoly head (quadrature actor gradient) at the multigoal section's budget, alpha 1
-  for SEED in 0 1; do
-    rl $R/multigoal/sac-mepoly-a1/seed$SEED sac --env multigoal --seed $SEED --head mepoly --autotune false \
-      --alpha 1 --total-steps 20000
-  done ;;
+multigoal-mepoly)  # SAC with the MePoly head (quadrature actor gradient) at the multigoal section's budget
+  for A in 1 5; do for SEED in 0 1; do
+    rl $R/multigoal/sac-mepoly-a$A/seed$SEED sac --env multigoal --seed $SEED --head mepoly --autotune false \
+      --alpha $A --total-steps 20000
+  done; done ;;
 multigoal-amortised)  # S2AC(phi, theta): the amortised actor at the alphas and budget of the multigoal section
   for SEED in 0 1 2; do for A in 1 5 0.2; do
     rl $R/multigoal/s2ac-amortised-a$A/seed$SEED s2ac --env multigoal --seed $SEED --alpha $A --total-steps 20000 \
