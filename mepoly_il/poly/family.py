@@ -679,10 +679,9 @@ class _GridLogZEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, coef: torch.Tensor, plan: ContractionPlan, tables: list, lw: torch.Tensor):
-        # ctx None: plain no-grad call
         rows = coef.shape[0]
         step = _block_rows(lw.numel())
-        keep = ctx is not None and rows * lw.numel() <= _KEEP_ELEMENTS
+        keep = rows * lw.numel() <= _KEEP_ELEMENTS
         with single_thread_for_small_ops(coef.device):
             if rows <= step:  # one block
                 logits = [plan.grid_energies(coef, tables)]
@@ -695,9 +694,8 @@ class _GridLogZEntropy(torch.autograd.Function):
                     log_z[a : a + step], e_ell[a : a + step] = _log_z_entropy(block, lw)
                     if keep:
                         logits.append(block)
-        if ctx is not None:
-            ctx.plan, ctx.tables, ctx.logits = plan, tables, logits if keep else None
-            ctx.save_for_backward(coef, lw, log_z, e_ell)
+        ctx.plan, ctx.tables, ctx.logits = plan, tables, logits if keep else None
+        ctx.save_for_backward(coef, lw, log_z, e_ell)
         return log_z, log_z - e_ell
 
     @staticmethod
