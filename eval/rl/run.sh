@@ -46,3 +46,7 @@ $MEPOLY rl report runs/rl/smoothworld_long --out eval/rl/smoothworld_long --over
 # 7. Smooth World at the MePoly authors' env-step budget (1.0M / 4.1M / 8.2M steps; about 3.5 CPU-hours): its own
 #    script and report (eval/rl/smoothworld_authors/).
 bash eval/rl/smoothworld_authors.sh
+
+# 8. The other seed methods (SAC with Gaussian / mixture-MRP / MePoly heads, S2AC, RPG) and the papers' small
+#    studies: their own script, tables and JSON (eval/rl/seed_methods/).
+bash eval/rl/seed_methods/run.sh
