@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Exact commands behind eval/rl/seed_methods/ (2-core CPU shared with other jobs, no GPU; every process is
 # single-threaded, $JOBS at a time, default 2). `run.sh` runs every section; `run.sh multigoal mrp ...` only those
-# named (sections: toys multigoal multigoal-mepoly multigoal-amortised mrp rpg2d mountaincar mountaincar-minus1 report). Training runs land in runs/rl/seed_methods/
+# named (sections: toys multigoal multigoal-mepoly multigoal-amortised mrp mrp-narrow rpg2d mountaincar
+# mountaincar-minus1 report). Training runs land in runs/rl/seed_methods/
 # (git-ignored); a run whose metrics.json (or JSON) exists is skipped, so the script resumes. Jobs start in the
 # order listed (most informative first), so a partial sweep is the head of each list. Tables, plots and JSON are
 # written next to this file.
@@ -13,7 +14,7 @@ MEPOLY=${MEPOLY:-.venv/bin/mepoly-il}
 D=eval/rl/seed_methods
 R=${RUNS:-runs/rl/seed_methods}
 JOBS=${JOBS:-2}
-SECTIONS=${*:-"toys multigoal multigoal-mepoly multigoal-amortised mrp rpg2d mountaincar mountaincar-minus1 report"}
+SECTIONS=${*:-"toys multigoal multigoal-mepoly multigoal-amortised mrp mrp-narrow rpg2d mountaincar mountaincar-minus1 report"}
 
 rl() {  # rl OUT ARGS...: the command line of one `mepoly-il rl` run into OUT, unless it is finished
   local out=$1; shift
@@ -35,7 +36,7 @@ multigoal)  # S2AC paper §4.2: 3 fixed temperatures x 3 seeds, S2AC(phi) and SA
       --total-steps 20000
   done; done ;;
 multigoal-mepoly)  # SAC with the MePoly head (quadrature actor gradient) at the multigoal section's budget
-  for A in 1 5; do for SEED in 0 1; do
+  for A in 1 5 0.2; do for SEED in 0 1 2; do
     rl $R/multigoal/sac-mepoly-a$A/seed$SEED sac --env multigoal --seed $SEED --head mepoly --autotune false \
       --alpha $A --total-steps 20000
   done; done ;;
@@ -48,6 +49,11 @@ mrp)  # mixture paper §5.1: synthetic multimodal bandits, true reward as critic
   for B in "0 1" "2 3" "4 5"; do
     echo "[ -f $R/mrp_bandits/b${B// /_}.json ] || $PY $D/mrp_bandits.py $R/mrp_bandits/b${B// /_}.json $B"
   done ;;
+mrp-narrow)  # the same study on bandits of six narrow, separate peaks (stds 0.01-0.05), seeds 0-4, 3 step sizes
+  for LR in 0.003 0.0003 0.03; do for B in "0 1" "2 3" "4 5"; do
+    OUT=$R/mrp_bandits_narrow/b${B// /_}_lr$LR.json
+    echo "[ -f $OUT ] || $PY $D/mrp_bandits.py $OUT --narrow --lr $LR $B"
+  done; done ;;
 mountaincar)  # mixture paper §5.3: MountainCar with the 0/1 goal reward, SAC at fixed alpha, 64x64 nets, 5 seeds
   for SEED in 0 1 2 3 4; do
     rl $R/mountaincar/sac-gaussian/seed$SEED sac --env mountaincar-sparse --head gaussian --seed $SEED
@@ -76,14 +82,15 @@ toys)  # seconds to minutes each
   $PY $D/s2ac_entropy.py $D/s2ac_entropy.json           # S2AC closed-form entropy vs known entropies
   $PY $D/actor_cost.py > $D/actor_cost.txt              # ms per SAC actor step per estimator
   ;;
-multigoal|multigoal-mepoly|multigoal-amortised|mrp|mountaincar|mountaincar-minus1|rpg2d) TRAIN="$TRAIN $S" ;;
+multigoal|multigoal-mepoly|multigoal-amortised|mrp|mrp-narrow|mountaincar|mountaincar-minus1|rpg2d) TRAIN="$TRAIN $S" ;;
 esac; done
 # every training run of the sections named, in their order, $JOBS at a time
-mkdir -p $R/mrp_bandits
+mkdir -p $R/mrp_bandits $R/mrp_bandits_narrow
 for S in $TRAIN; do jobs_of $S; done | xargs -P "$JOBS" -I{} bash -c '{}'
 case " $SECTIONS " in *" report "*)
   ROOTS=$(for X in multigoal mountaincar mountaincar_minus1 rpg2d; do [ -d $R/$X ] && echo $R/$X; done)
   $MEPOLY rl report $ROOTS --out $D/report --overwrite
   $PY $D/mrp_report.py $R/mrp_bandits $D/mrp_bandits.md
+  [ -z "$(ls $R/mrp_bandits_narrow)" ] || $PY $D/mrp_report.py $R/mrp_bandits_narrow $D/mrp_bandits_narrow.md
   ;;
 esac
