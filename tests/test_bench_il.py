@@ -27,13 +27,18 @@ def test_bench_latency_quick(tmp_path, capsys):
     assert [r["kind"] for r in dep["rows"]] == ["data", "zeros", "+3std", "-3std"]
     for r in dep["rows"]:
         assert r["inputs"] == 4 and 0 < r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
+        # a history's latency is the median of its 2 calls, so the slowest single call is at least the worst one
+        assert r["calls_per_input"] == 2 and r["max_call_ms"] >= r["max_ms"]
     assert dep["worst_over_median"] == pytest.approx(dep["worst_ms"] / dep["rows"][0]["median_ms"])
     assert "x the in-range median" in table
+    assert dep["worst_call_ms"] == max(r["max_call_ms"] for r in dep["rows"]) >= dep["worst_ms"]
 
 
 def test_bench_latency_bad_args(tmp_path, capsys):
     assert cli_main(["bench", "latency", "--quick", "--ddim-steps", "0", "--out", str(tmp_path / "x.json")]) == 2
     assert "--ddim-steps 0" in capsys.readouterr().err
+    assert cli_main(["bench", "latency", "--quick", "--input-calls", "0", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--input-calls 0" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
     assert cli_main(["bench", "latency", "--quick", "--checkpoint", str(tmp_path / "none.ckpt")]) == 2
     assert "--checkpoint and --data go together" in capsys.readouterr().err

@@ -657,6 +657,79 @@ def test_split_energies_match_the_forward_contraction(dim):
         torch.testing.assert_close(plan.split_energies(cur, j, per_row[0], per_row[1:]), want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("a", "passes", "used"), [(12, [54, 50], 54), (24, [81, 77], 81), (40, [81, 77, 122, 118], 122)]
+)
+def test_ladder_skips_a_level_its_errors_say_would_fail(monkeypatch, a, passes, used):
+    """exp(a P_8) in each coordinate: after the 36-node level the errors so far decay slowly enough for a >= 24 that
+    the 54-node level would fail, so the ladder goes to 81 directly (never past the last level); a = 12 still takes
+    54. Each row ends where the full ladder ends, with log Z within tol of a 160-node rule."""
+    fam = PolynomialFamily(3, 8)
+    lam = torch.zeros(1, fam.num_features, dtype=torch.float64)
+    for f, e in enumerate(fam.multi_indices.tolist()):
+        if sorted(e) == [0, 0, 8]:
+            lam[0, f] = float(a)
+    grid_pass, seen = PolynomialFamily._grid_pass, []
+
+    def recording(self, coef, kind, n, full):
+        seen.append(n)
+        return grid_pass(self, coef, kind, n, full)
+
+    monkeypatch.setattr(PolynomialFamily, "_grid_pass", recording)
+    d = fam(lam)
+    log_z = d.log_partition
+    assert seen[:4] == [24, 20, 36, 32] and seen[4:-1] == passes and int(d.quadrature_nodes) == used
+    ref = grid_pass(fam, torch.nn.functional.pad(lam, (1, 0)), "gauss", 160, False)
+    assert abs(float(log_z - ref)) <= fam.tol
+
+
+@pytest.mark.parametrize("block", [2**40, 200, 37])
+def test_fine_log_mass_in_column_blocks_matches_one_logsumexp(monkeypatch, block):
+    """The sampler's conditional log masses, summed over column blocks with a running peak, equal one logsumexp over
+    all columns, also when a later block holds the row's peak (the running sum is rescaled) and with per-row
+    tables; nodes far below the peak are floored, not -inf."""
+    import mepoly_il.poly.family as family
+
+    monkeypatch.setattr(family, "_FINE_BLOCK", block)
+    g = torch.Generator().manual_seed(0)
+    first = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    per_k = torch.randn(3, 4, 50, generator=g, dtype=torch.float64) * 5
+    per_k[1, :, 45:] *= 4  # row 1's peak lies in its last columns
+    per_k[2] *= 40  # row 2 spans hundreds of nats: its low nodes hit the floor
+    weights = torch.rand(50, generator=g, dtype=torch.float64) + 0.1
+    e = first @ per_k
+    want = torch.logsumexp(e + weights.log(), dim=-1)
+    want = torch.maximum(want, e.amax(dim=(1, 2))[:, None] - family._SAMPLE_FLOOR)
+    for tab in (first, first.expand(3, 9, 4).clone()):
+        got = family._fine_log_mass(tab, per_k, weights)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+    assert bool((want[2] == e[2].max() - family._SAMPLE_FLOOR).any())  # the floor was exercised
+
+
+def test_rows_whose_box_hardly_shrinks_the_domain_skip_the_zoom_and_sample_exactly():
+    """exp(-300 ((x0 + 1) / 2)^8 + 10 P_8(x1)): x0 keeps its mass on about [-1, 0.55], x1 over the whole interval.
+    The only box shrinks no dim by 1.5x, so the base rule laid on it would be no finer than the ladder's first
+    level: the row gets no box and goes up the ladder at once; its draws follow the exact marginals."""
+    fam = PolynomialFamily(2, 8)
+    lam = torch.zeros(1, fam.num_features, dtype=torch.float64)
+    steep = npleg.poly2leg(np.polynomial.polynomial.polyfromroots([-1.0] * 8) / 2**8)  # ((x + 1) / 2)^8
+    for f, e in enumerate(fam.multi_indices.tolist()):
+        if e[1] == 0:
+            lam[0, f] = -300.0 * steep[e[0]]
+        elif e == [0, 8]:
+            lam[0, f] = 10.0
+    row, _, _, _, ok = fam._zoom_boxes(lam)
+    assert row.numel() == 0 and not ok.any()
+    torch.manual_seed(0)
+    d = fam(lam)
+    x = d.sample((4000,))[:, 0]
+    assert d.sampler_rows == {"base": 0, "zoomed": 0, "refined": 1}
+    t = np.linspace(-1, 1, 20001)
+    for k, energy in enumerate((-300 * ((t + 1) / 2) ** 8, 10 * special.eval_legendre(8, t))):
+        cdf = integrate.cumulative_trapezoid(np.exp(energy - energy.max()), t, initial=0)
+        assert stats.kstest(x[:, k].numpy(), lambda v, c=cdf: np.interp(v, t, c / c[-1])).pvalue > 0.01
+
+
 def test_rows_spanning_the_box_skip_the_zoom_and_sample_exactly():
     """exp(10 P_8(x0) + 10 P_8(x1)): peaks across the whole box that 24 nodes do not resolve. The zoom cannot shrink
     such a row's domain, so it gets no box and goes straight up the ladder; its draws follow the exact marginal."""

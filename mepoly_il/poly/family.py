@@ -27,21 +27,22 @@
   is given) has at most ``2**17`` nodes, otherwise QMC. A *requested* full grid that does not fit
   ``max_grid_bytes`` per batch row raises ``ValueError`` instead of swapping.
 
-Under-resolution. Large natural params make the density very peaked. For the grid rules every ``log Z`` is
-checked. Gauss: a cheap screen first compares with ``n - 4`` nodes; that difference is about the coarse rule's
-error, an upper estimate of the error at ``n`` (measured up to 100-1000x above it on Gaussians with std
-0.03-0.3, the ratio growing as the error shrinks far below ``tol``). Rows the screen flags are compared with a
-clearly wider rule (x1.5 nodes per dim) whose error is far smaller, so ``|Q_n - Q_1.5n|`` is the error at ``n``
-itself (within 3x, checked in ``tests/test_poly.py``): a row within ``tol`` keeps its ``n`` nodes. The others go
-up the x1.5 ladder, up to ``max_nodes``: each new level ``n'`` is screened like the base one (against ``n' - 4``
-nodes) and a row within ``tol`` takes it, while the comparison with the level above only decides whether a row
-may stay at the level below. So a level costs its own pass and a slightly smaller one, never a pass x3.4 its
-size (dim 3). Trapezoid: ``n/2`` nodes with a Richardson factor, since its error is O(h^2), and the finer level
-of a passing pair is used. Rows still over ``tol`` at the cap raise a loud ``QuadratureWarning`` naming the
-numbers. ``dist.quadrature_nodes`` and ``dist.log_partition_error`` report what was used. The default
-``tol = 1e-3`` nats is an error in every log-likelihood term far below the minibatch noise of a mean NLL
-(per-sample log densities vary by nats, so a batch of a few hundred has noise of several 1e-2). The screen costs
-about ``((n-4)/n)^dim`` of a pass (58% for dim 3 with 24 nodes); ``check=False`` skips all of it.
+Under-resolution. Large natural params make the density very peaked. For the grid rules every ``log Z`` is checked.
+Gauss: a cheap screen first compares with ``n - 4`` nodes; that difference is about the coarse rule's error, an
+upper estimate of the error at ``n`` (measured up to 100-1000x above it on Gaussians with std 0.03-0.3, the ratio
+growing as the error shrinks far below ``tol``). Rows the screen flags are compared with a clearly wider rule (x1.5
+nodes per dim) whose error is far smaller, so ``|Q_n - Q_1.5n|`` is the error at ``n`` itself (within 3x, checked
+in ``tests/test_poly.py``): a row within ``tol`` keeps its ``n`` nodes. The others go up the x1.5 ladder, up to
+``max_nodes``: each new level ``n'`` is screened like the base one (against ``n' - 4`` nodes) and a row within
+``tol`` takes it, while the comparison with the level above only decides whether a row may stay at the level below.
+So a level costs its own pass and a slightly smaller one, never a pass x3.4 its size (dim 3). A row whose errors so
+far, extrapolated at their rate of decay, say that the next level's screen would fail too skips that level (this
+saves passes, it never accepts a level without its screen). Trapezoid: ``n/2`` nodes with a Richardson factor,
+since its error is O(h^2), and the finer level of a passing pair is used. Rows still over ``tol`` at the cap raise
+a loud ``QuadratureWarning`` naming the numbers. ``dist.quadrature_nodes`` and ``dist.log_partition_error`` report
+what was used. The default ``tol = 1e-3`` nats is an error in every log-likelihood term far below the minibatch
+noise of a mean NLL (per-sample log densities vary by nats, so a batch of a few hundred has noise of several 1e-2).
+The screen costs about ``((n-4)/n)^dim`` of a pass (58% for dim 3 with 24 nodes); ``check=False`` skips all of it.
 
 Sampling (grid rules). One coordinate at a time: the conditional density of x_j given the drawn x_<j, with
 the later coordinates integrated out by the quadrature rule, is evaluated on ``sample_nodes`` (257) uniform
@@ -111,9 +112,15 @@ _ZOOM_KEEP = 30.0
 #: The sampler's conditional log densities are floored this many nats below each row's peak (float32 exp underflows
 #: near -87 to -103); a node that low carries no mass the interpolant could give to a draw.
 _SAMPLE_FLOOR = 120.0
+#: Energies per row in one column block of the sampler's conditional densities (``_fine_log_mass``): 1 MiB of
+#: float32, so a block's exp and weighted sum read it from cache.
+_FINE_BLOCK = 2**18
 _ZOOM_FACE_MARGIN = 25.0
 #: A row whose mass needs more boxes than this goes up the refinement ladder instead.
 _ZOOM_MAX_BOXES = 8
+#: ... and so does a row with a box narrower than the domain by less than this factor in every dim: the base rule on
+#: it is then no finer than the ladder's first level (x1.5 nodes) on the whole domain.
+_ZOOM_MIN_SHRINK = 1.5
 
 
 class QuadratureWarning(RuntimeWarning):
@@ -293,9 +300,10 @@ class PolynomialFamily:
         its boxes resolves the row's log Z, the log of the boxes' summed masses (``|Q_n - Q_{n-4}| <= tol``, the
         screen of "Under-resolution", so a box with a tiny share of the mass may be resolved more loosely), when
         every face inside ``(-1, 1)^d`` lies ``_ZOOM_FACE_MARGIN`` nats below the row's highest energy, and when
-        it needs at most ``_ZOOM_MAX_BOXES`` boxes. A row whose kept nodes span every dim gets no box (the zoom
-        cannot shrink its domain) and is not ``ok``, at the cost of the first round only. ``log_mass`` is each
-        box's log Z by the base rule laid on it; it weighs the boxes of a row when sampling.
+        it needs at most ``_ZOOM_MAX_BOXES`` boxes. A row whose kept nodes span every dim, or with a box that shrinks
+        no dim by ``_ZOOM_MIN_SHRINK`` or more, gets no box (the zoom cannot shrink its domain enough to help) and is
+        not ``ok``, at the cost of the first round only. ``log_mass`` is each box's log Z by the base rule laid on
+        it; it weighs the boxes of a row when sampling.
         """
         n, d, dtype, dev = self.nodes, self.dim, lam.dtype, lam.device
         b = lam.shape[0]
@@ -327,15 +335,22 @@ class PolynomialFamily:
                 for box in itertools.product(*runs)
                 if float(logp[(r, *(slice(f, last + 1) for f, last in box))].max()) >= floor[r]
             ]
-            if not boxes or len(boxes) > _ZOOM_MAX_BOXES or boxes == [tuple([0, n - 1] for _ in range(d))]:
-                # too many boxes, or one box that is the whole domain: the second round would lay the base rule on
-                # it again, find the same box and fail the same screen, so the row goes up the ladder right away
+            box_lo = [[x[f - 1] if f > 0 else -1.0 for f, _ in box] for box in boxes]
+            box_hi = [[x[last + 1] if last < n - 1 else 1.0 for _, last in box] for box in boxes]
+            wide = any(
+                max(2.0 / (b - a) for a, b in zip(blo, bhi, strict=True)) < _ZOOM_MIN_SHRINK
+                for blo, bhi in zip(box_lo, box_hi, strict=True)
+            )
+            if not boxes or len(boxes) > _ZOOM_MAX_BOXES or wide:
+                # too many boxes, or a box that hardly shrinks the domain in any dim (the whole domain, or most of
+                # it split off by a gap that only the coarse grid sees): the base rule laid on it resolves it no
+                # better than the ladder's next level would, and the second round would find about the same box
+                # and fail the same checks, so the row goes up the ladder right away
                 no_zoom[r] = True
                 continue
-            for box in boxes:
-                rows.append(r)
-                los.append([x[f - 1] if f > 0 else -1.0 for f, _ in box])
-                his.append([x[last + 1] if last < n - 1 else 1.0 for _, last in box])
+            rows += [r] * len(boxes)
+            los += box_lo
+            his += box_hi
         row = torch.tensor(rows, dtype=torch.long, device=dev)
         lo = torch.tensor(los, dtype=torch.float64, device=dev).view(-1, d)
         hi = torch.tensor(his, dtype=torch.float64, device=dev).view(-1, d)
@@ -497,35 +512,71 @@ class PolynomialFamily:
         like the base level, against ``n' - 4`` nodes (about that coarser rule's error, an upper estimate of the
         error at ``n'``), and a row within ``tol`` takes ``n'``. So a level is accepted at the cost of its own
         pass and a slightly smaller one, not of a pass 3.4x its size (dim 3), and only rows that fail both go up.
-        Trapezoid: Richardson on ``n`` vs ``n'``, and a passing row takes ``n'``."""
+        A row that fails both skips the next level when its errors so far (about the error at ``n`` and at
+        ``n' - 4``), extrapolated at their rate, say that level's screen would fail too: that only saves the pass,
+        since every accepted level still passes its own screen. Trapezoid: Richardson on ``n`` vs ``n'``, and a
+        passing row takes ``n'``."""
         kind = self.quadrature_kind
         assigned: dict[int, torch.Tensor] = {}
 
         def assign(n: int, idx: torch.Tensor) -> None:
             assigned[n] = torch.cat([assigned[n], idx]) if n in assigned else idx
 
-        cur_n = self.nodes
-        while pending.numel():
-            nxt = self._next_nodes(cur_n)
-            if nxt > self.max_nodes:
-                break
-            z_next = self._grid_pass(coef[pending], kind, nxt, False)
-            e = self._err_estimate(z_next, cur_z, nxt, cur_n, kind)
-            done = e <= self.tol
-            err[pending] = e
-            if kind == "trapezoid":
-                assign(nxt, pending[done])
+        levels, n = [], self.nodes
+        while (n := self._next_nodes(n)) <= self.max_nodes:
+            levels.append(n)
+        if not levels:
+            return assigned, pending, self.nodes
+        # per level still to compute: (rows, their log Z at the level they come from, that level's nodes)
+        todo: dict[int, list] = {levels[0]: [pending, cur_z, torch.full_like(pending, self.nodes)]}
+
+        def push(level: int, rows: torch.Tensor, z: torch.Tensor, n_prev: torch.Tensor) -> None:
+            if level in todo:
+                todo[level] = [torch.cat([a, b]) for a, b in zip(todo[level], (rows, z, n_prev), strict=True)]
             else:
-                assign(cur_n, pending[done])
+                todo[level] = [rows, z, n_prev]
+
+        left = pending[:0]
+        for li, nxt in enumerate(levels):
+            if nxt not in todo or not todo[nxt][0].numel():
+                continue
+            rows, z_prev, n_prev = todo.pop(nxt)
+            z_next = self._grid_pass(coef[rows], kind, nxt, False)
+            e = self._err_estimate(z_next, z_prev, nxt, n_prev.to(z_next.dtype), kind)
+            err[rows] = e
+            done = e <= self.tol
+            if kind == "trapezoid":  # never skips a level
+                assign(nxt, rows[done])
+                fail, z_fail, screen = rows[~done], z_next[~done], None
+            else:
+                for n_done in torch.unique(n_prev[done]).tolist():
+                    assign(n_done, rows[done & (n_prev == n_done)])
                 rest = torch.nonzero(~done).squeeze(1)
-                if rest.numel():
-                    screen = (z_next[rest] - self._grid_pass(coef[pending[rest]], kind, max(1, nxt - 4), False)).abs()
-                    err[pending[rest]] = screen
-                    passed = screen <= self.tol
-                    assign(nxt, pending[rest[passed]])
-                    done = done.index_put((rest,), passed)
-            pending, cur_z, cur_n = pending[~done], z_next[~done], nxt
-        return assigned, pending, cur_n
+                if not rest.numel():
+                    continue
+                screen = (z_next[rest] - self._grid_pass(coef[rows[rest]], kind, max(1, nxt - 4), False)).abs()
+                err[rows[rest]] = screen
+                passed = screen <= self.tol
+                assign(nxt, rows[rest[passed]])
+                keep = rest[~passed]
+                fail, z_fail, screen, e_fail = rows[keep], z_next[keep], screen[~passed], e[keep]
+                n_fail = n_prev[keep]
+            if not fail.numel():
+                continue
+            if li + 1 == len(levels):
+                left = fail
+                break
+            target = torch.full_like(fail, li + 1)
+            if screen is not None and li + 2 < len(levels):
+                # error ~ exp(-rate * nodes): e at n_prev, screen at nxt - 4; the next level's screen is at
+                # levels[li + 1] - 4. Skip it when that extrapolation still exceeds tol (no skip without decay).
+                rate = (e_fail / screen).log() / ((nxt - 4) - n_fail).to(screen.dtype)
+                pred = screen * torch.exp(-rate * (levels[li + 1] - nxt))
+                target = torch.where((rate > 0) & (pred > self.tol), li + 2, li + 1)
+            for t in torch.unique(target).tolist():
+                sel = target == t
+                push(levels[t], fail[sel], z_fail[sel], torch.full_like(fail[sel], nxt))
+        return assigned, left, levels[-1]
 
     @staticmethod
     def _err_estimate(z_fine, z_coarse, n_fine, n_coarse, kind):
@@ -632,6 +683,33 @@ def _log_marginals(logp: torch.Tensor) -> torch.Tensor:
     p = (logp - top).exp_()
     margs = [p.sum(dim=tuple(k + 1 for k in range(d) if k != j)) if d > 1 else p for j in range(d)]
     return torch.stack(margs, dim=1).log_() + top.view(b, 1, 1)
+
+
+def _fine_log_mass(first: torch.Tensor, per_k: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``log sum_c weights_c exp(E[r, m, c])`` with ``E = first @ per_k`` (``ContractionPlan.split_energies``):
+    first ``(M, K+1)`` or ``(r, M, K+1)``, per_k ``(r, K+1, C)``, weights ``(C,)`` -> ``(r, M)``, floored
+    ``_SAMPLE_FLOOR`` nats below each row's peak.
+
+    One shift per row instead of a logsumexp per node: exp, then a matrix-vector product with the weights. The
+    columns go in blocks of about ``_FINE_BLOCK`` energies per row, each block's exp and sum done while its energies
+    are in cache (a (257 x 81^2) table written whole and read back twice is memory-bound), with the running sum
+    rescaled when a later block raises the row's peak."""
+    cols = per_k.shape[-1]
+    width = math.ceil(cols / math.ceil(cols * first.shape[-2] / _FINE_BLOCK))  # equal blocks, <= ~_FINE_BLOCK
+    top = mass = None
+    for c in range(0, cols, width):
+        e = first @ per_k[..., c : c + width]  # (r, M, w)
+        peak = e.amax(dim=(1, 2))
+        if top is None:
+            top = peak
+        else:
+            new = torch.maximum(top, peak)
+            mass.mul_((top - new).exp_()[:, None])
+            top = new
+        part = e.sub_(top[:, None, None]).exp_() @ weights[c : c + width]
+        mass = part if mass is None else mass.add_(part)
+    # nodes more than _SAMPLE_FLOOR nats below the row's peak (no mass) are floored there
+    return mass.log_().clamp_(min=-_SAMPLE_FLOOR).add_(top[:, None])
 
 
 def _logsumexp_by(values: torch.Tensor, group: torch.Tensor, groups: int) -> torch.Tensor:
@@ -977,12 +1055,8 @@ class PolynomialDistribution(Distribution):
             outs = []
             for a in range(0, cur.shape[0], step):
                 tabs = tables if box is None else [t[a : a + step] for t in tables]
-                e = plan.split_energies(cur[a : a + step], j, tabs[0], tabs[1:])  # (r, M, n^(d-j-1))
-                # one shift per row instead of a logsumexp per fine node: exp, then a matrix-vector product with
-                # the weights; nodes more than _SAMPLE_FLOOR nats below the row's peak (no mass) are floored there
-                top = e.amax(dim=(1, 2))
-                mass = e.sub_(top[:, None, None]).exp_() @ weights[j]
-                outs.append(mass.log_().clamp_(min=-_SAMPLE_FLOOR).add_(top[:, None] + shift[j]))
+                per_k = plan.split_factors(cur[a : a + step], j, tabs[1:])  # (r, K+1, C), C = n^(d-j-1)
+                outs.append(_fine_log_mass(tabs[0], per_k, weights[j]).add_(shift[j]))
             return torch.cat(outs)
 
         def spacing(j: int, reps: int):

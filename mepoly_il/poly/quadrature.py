@@ -203,21 +203,27 @@ class ContractionPlan:
             cur = self._shared_step_adjoint(cur, j, tables[j])
         return cur[:, 0, :]
 
-    def split_energies(self, cur: torch.Tensor, j: int, first: torch.Tensor, rest: list[torch.Tensor]) -> torch.Tensor:
-        """Energies on (nodes of dim ``j``) x (grid of dims ``j+1..``): cur ``(rows, 1, R_j)``, ``first`` a table
-        ``(M, K+1)`` shared or ``(rows, M, K+1)`` per row, ``rest`` one table per later dim (as in ``contract``)
-        -> ``(rows, M, prod n_rest)``, the values of ``contract(cur, [first] + rest, start=j)``.
-
-        Computed the other way round: the later dims are contracted first, once per exponent of dim ``j`` (K+1
-        small passes), then one matmul with ``first``. For many nodes in dim ``j`` (the sampler's fine grid) this
-        avoids gathering and transposing intermediates M times larger, and the bulk is one dense matmul."""
+    def split_factors(self, cur: torch.Tensor, j: int, rest: list[torch.Tensor]) -> torch.Tensor:
+        """The later dims of ``split_energies`` contracted once per exponent of dim ``j``: cur ``(rows, 1, R_j)``
+        -> ``(rows, K+1, prod n_rest)``; the energies are ``first @ split_factors(...)``."""
         rows, k1 = cur.shape[0], self.order + 1
         padded = torch.cat([cur[:, 0, :], cur.new_zeros(rows, 1)], dim=-1)
         per_k = padded.index_select(-1, self._on(cur.device)[0][j].reshape(-1)).view(rows * k1, 1, self.sizes[j + 1])
         if rest:
             rest = [t if t.dim() == 2 else t.repeat_interleave(k1, dim=0) for t in rest]
             per_k = self.contract(per_k, rest, start=j + 1)
-        return first @ per_k.view(rows, k1, -1)
+        return per_k.view(rows, k1, -1)
+
+    def split_energies(self, cur: torch.Tensor, j: int, first: torch.Tensor, rest: list[torch.Tensor]) -> torch.Tensor:
+        """Energies on (nodes of dim ``j``) x (grid of dims ``j+1..``): cur ``(rows, 1, R_j)``, ``first`` a table
+        ``(M, K+1)`` shared or ``(rows, M, K+1)`` per row, ``rest`` one table per later dim (as in ``contract``)
+        -> ``(rows, M, prod n_rest)``, the values of ``contract(cur, [first] + rest, start=j)``.
+
+        Computed the other way round: the later dims are contracted first, once per exponent of dim ``j`` (K+1
+        small passes, :meth:`split_factors`), then one matmul with ``first``. For many nodes in dim ``j`` (the
+        sampler's fine grid) this avoids gathering and transposing intermediates M times larger, and the bulk is
+        one dense matmul."""
+        return first @ self.split_factors(cur, j, rest)
 
     def contract(self, coef: torch.Tensor, steps: list[torch.Tensor], start: int = 0) -> torch.Tensor:
         """Energies on a tensor grid over dims ``start .. start+len(steps)-1``.
