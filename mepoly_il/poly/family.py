@@ -53,8 +53,8 @@ differ only by interpolation and quadrature error. ``tests/test_poly.py`` checks
 chi-square tests on peaked multimodal densities. Sampling needs no log Z or entropy, only a grid that resolves
 each row: rows the screen passes use the base rule; Gauss rows it flags are drawn on a box zoomed onto their mass
 (all nodes, fine and quadrature, laid on it), which costs the same as the base rule however narrow the peak is,
-and only rows whose box fails its checks (mass spread over the whole box, e.g. at several edges) go up the x1.5
-ladder; ``dist.sampler_rows`` counts each kind.
+and only rows whose box fails its checks (mass spread over the whole box, e.g. at several edges) or would hardly
+shrink the domain go up the x1.5 ladder; ``dist.sampler_rows`` counts each kind.
 
 Speed and memory. The grid ``log Z`` / entropy pass is one autograd function: rows are processed in blocks whose
 grid energies (about 1 MiB) stay in cache, backward recomputes a block's energies instead of storing them (it
