@@ -706,16 +706,25 @@ def test_fine_log_mass_in_column_blocks_matches_one_logsumexp(monkeypatch, block
     assert bool((want[2] == e[2].max() - family._SAMPLE_FLOOR).any())  # the floor was exercised
 
 
-def test_rows_whose_box_hardly_shrinks_the_domain_skip_the_zoom_and_sample_exactly():
-    """exp(-300 ((x0 + 1) / 2)^8 + 10 P_8(x1)): x0 keeps its mass on about [-1, 0.55], x1 over the whole interval.
-    The only box shrinks no dim by 1.5x, so the base rule laid on it would be no finer than the ladder's first
-    level: the row gets no box and goes up the ladder at once; its draws follow the exact marginals."""
+@pytest.mark.parametrize("case", ["spanning", "wide_box"])
+def test_rows_the_zoom_cannot_help_go_up_the_ladder_and_sample_exactly(case):
+    """Factorised densities that 24 nodes do not resolve and that no box can shrink enough. "spanning":
+    exp(10 P_8(x0) + 10 P_8(x1)), peaks across the whole box, so the kept base nodes span every dim. "wide_box":
+    exp(-300 ((x0 + 1) / 2)^8 + 10 P_8(x1)), x0 keeps its mass on about [-1, 0.55]; the only box shrinks no dim by
+    1.5x, so the base rule laid on it would be no finer than the ladder's first level. Either way the row gets no
+    box and goes straight up the ladder, and its draws follow the exact marginals."""
+    t = np.linspace(-1, 1, 20001)
+    wavy = 10 * special.eval_legendre(8, t)
+    if case == "spanning":
+        x0_coefs, energies = np.eye(9)[8] * 10.0, (wavy, wavy)
+    else:  # -300 ((x + 1) / 2)^8 in the Legendre basis
+        x0_coefs = -300.0 * npleg.poly2leg(np.polynomial.polynomial.polyfromroots([-1.0] * 8) / 2**8)
+        energies = (-300 * ((t + 1) / 2) ** 8, wavy)
     fam = PolynomialFamily(2, 8)
     lam = torch.zeros(1, fam.num_features, dtype=torch.float64)
-    steep = npleg.poly2leg(np.polynomial.polynomial.polyfromroots([-1.0] * 8) / 2**8)  # ((x + 1) / 2)^8
     for f, e in enumerate(fam.multi_indices.tolist()):
         if e[1] == 0:
-            lam[0, f] = -300.0 * steep[e[0]]
+            lam[0, f] = float(x0_coefs[e[0]])
         elif e == [0, 8]:
             lam[0, f] = 10.0
     row, _, _, _, ok = fam._zoom_boxes(lam)
@@ -724,27 +733,6 @@ def test_rows_whose_box_hardly_shrinks_the_domain_skip_the_zoom_and_sample_exact
     d = fam(lam)
     x = d.sample((4000,))[:, 0]
     assert d.sampler_rows == {"base": 0, "zoomed": 0, "refined": 1}
-    t = np.linspace(-1, 1, 20001)
-    for k, energy in enumerate((-300 * ((t + 1) / 2) ** 8, 10 * special.eval_legendre(8, t))):
+    for k, energy in enumerate(energies):
         cdf = integrate.cumulative_trapezoid(np.exp(energy - energy.max()), t, initial=0)
         assert stats.kstest(x[:, k].numpy(), lambda v, c=cdf: np.interp(v, t, c / c[-1])).pvalue > 0.01
-
-
-def test_rows_spanning_the_box_skip_the_zoom_and_sample_exactly():
-    """exp(10 P_8(x0) + 10 P_8(x1)): peaks across the whole box that 24 nodes do not resolve. The zoom cannot shrink
-    such a row's domain, so it gets no box and goes straight up the ladder; its draws follow the exact marginal."""
-    fam = PolynomialFamily(2, 8)
-    lam = torch.zeros(1, fam.num_features, dtype=torch.float64)
-    for f, e in enumerate(fam.multi_indices.tolist()):
-        if sorted(e) == [0, 8]:
-            lam[0, f] = 10.0
-    row, _, _, _, ok = fam._zoom_boxes(lam)
-    assert row.numel() == 0 and not ok.any()
-    torch.manual_seed(0)
-    d = fam(lam)
-    x = d.sample((4000,))[:, 0]
-    assert d.sampler_rows == {"base": 0, "zoomed": 0, "refined": 1}
-    t = np.linspace(-1, 1, 20001)
-    cdf = integrate.cumulative_trapezoid(np.exp(10 * special.eval_legendre(8, t)), t, initial=0)
-    for k in range(2):  # the density factorises: each coordinate's marginal is proportional to exp(10 P_8)
-        assert stats.kstest(x[:, k].numpy(), lambda v: np.interp(v, t, cdf / cdf[-1])).pvalue > 0.01
