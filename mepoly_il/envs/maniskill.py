@@ -1,7 +1,8 @@
 """ManiSkill3 evaluation environments, and the package's one ManiSkill import (:func:`import_maniskill`).
 
 This is the only ``envs`` module that imports ``mani_skill`` / ``sapien`` (besides the package's own task,
-:mod:`.maniskill_reacharound`, which it imports to register); the demo pipeline
+:mod:`.maniskill_reacharound`, which it imports to register, and :mod:`.maniskill_fast_ee`, the faster CPU path of
+ManiSkill's end-effector position controller, which it installs); the demo pipeline
 (:mod:`mepoly_il.data.maniskill`) imports the simulator through :func:`import_maniskill` too, so a broken install
 fails with the same single line everywhere. Nothing here imports ``mepoly_il.data``.
 
@@ -81,6 +82,9 @@ def import_maniskill():
         import mani_skill.envs  # noqa: F401  (registers the environments)
 
         import mepoly_il.envs.maniskill_reacharound  # noqa: F401  (registers this package's ReachAround-v1)
+        from mepoly_il.envs import maniskill_fast_ee
+
+        maniskill_fast_ee.install()  # same trajectories, less per-step overhead on the CPU simulator
     except Exception as err:  # a broken simulator install should fail with one line, not a deep traceback
         reason = str(err).splitlines()[0][:200] if str(err) else ""
         raise UserError(
