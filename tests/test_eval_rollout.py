@@ -181,7 +181,11 @@ def test_bench_eval_quick(tmp_path, capsys):
     raw, replay, linear = out["rows"]
     assert linear["ratio"] == pytest.approx(linear["steps_per_sec"] / raw["steps_per_sec"], rel=0.01)
     assert linear["ratio_vs_replay"] == pytest.approx(linear["steps_per_sec"] / replay["steps_per_sec"], rel=0.01)
-    assert "| linear |" in capsys.readouterr().out
+    ee = out["ee_controller"]
+    assert ee["fast_path_applies"] and ee["identical_observations"] and ee["steps"] == 8
+    assert ee["speedup"] == pytest.approx(ee["fast_steps_per_sec"] / ee["maniskill_steps_per_sec"], rel=0.01)
+    printed = capsys.readouterr().out
+    assert "| linear |" in printed and "ManiSkill's own" in printed
 
 
 @pytest.mark.slow

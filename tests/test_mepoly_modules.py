@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mepoly_il.policies.mepoly.lightning import kl_to_isotropic, mds_stress
-from mepoly_il.policies.mepoly.modules import AdaLN, TrajectoryDecoder
+from mepoly_il.policies.mepoly.modules import AdaLN, TrajectoryDecoder, attend
 from mepoly_il.policies.mepoly.policy import MePolyPolicy
 from mepoly_il.policies.mepoly.priors import GaussianPrior, GMMPrior, PolynomialPrior
 
@@ -49,6 +49,25 @@ def test_adaln_projection_starts_at_zero_so_decoder_ignores_z_at_init():
     # ...and z matters as soon as the projection moves away from zero.
     torch.nn.init.normal_(dec.blocks[0].norm1.proj[1].weight)
     assert not torch.allclose(dec(torch.randn(4, 3), memory), dec(torch.randn(4, 3), memory))
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("kv_len", [None, 2])  # self-attention over 16 tokens, cross-attention to 2
+def test_attend_matches_multihead_attention(grad, kv_len):
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    x = torch.randn(5, 16, 32, requires_grad=grad)
+    memory = None if kv_len is None else torch.randn(5, kv_len, 32)
+    kv = x if memory is None else memory
+    with torch.set_grad_enabled(grad):
+        ours, reference = attend(mha, x, memory), mha(x, kv, kv, need_weights=False)[0]
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    if grad:
+        g = torch.randn_like(ours)
+        ours_grad = torch.autograd.grad(ours, [x, mha.in_proj_weight], g)
+        ref_grad = torch.autograd.grad(reference, [x, mha.in_proj_weight], g)
+        for a, b in zip(ours_grad, ref_grad):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_mds_stress_is_zero_for_a_scaled_isometry_and_positive_otherwise():

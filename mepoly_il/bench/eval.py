@@ -101,6 +101,51 @@ def replay_steps_per_sec(env, seeds: list[int], actions: list[torch.Tensor]) -> 
     return {"steps": k * n, "sec": round(sec, 3), "steps_per_sec": round(k * n / sec, 1)}
 
 
+def ee_controller_speed(env_id: str, control_mode: str, steps: int, repeats: int) -> dict[str, Any]:
+    """One CPU env, one seed, the same random actions stepped with this package's fast end-effector path and with
+    ManiSkill's own ``set_action`` (:mod:`mepoly_il.envs.maniskill_fast_ee`), alternating over ``repeats`` rounds:
+    steps/s of each (best round), the speed-up, and whether every observation matched bit for bit."""
+    from mepoly_il.envs import maniskill_fast_ee as fast_ee
+    from mepoly_il.envs.maniskill import import_maniskill
+
+    gym = import_maniskill()
+    if not fast_ee.install():
+        return {"skipped": "fast path switched off (MEPOLY_STOCK_EE_CONTROL) or not available for this ManiSkill"}
+    env = gym.make(env_id, obs_mode="state", control_mode=control_mode, sim_backend="physx_cpu", reward_mode="sparse")
+    try:
+        env.reset(seed=0)
+        arm = env.unwrapped.agent.controller.controllers.get("arm")
+        applies = arm is not None and fast_ee.applies(arm)
+        actions = np.random.default_rng(0).uniform(-1, 1, size=(steps, *env.action_space.shape)).astype(np.float32)
+        best: dict[str, float] = {}
+        observations: dict[str, np.ndarray] = {}
+        for _ in range(repeats):
+            for name, fast in (("fast", True), ("maniskill", False)):
+                fast_ee.install() if fast else fast_ee.uninstall()
+                # a fresh scene each round: PhysX keeps contact state across plain resets
+                env.reset(seed=0, options={"reconfigure": True})
+                obs = []
+                t0 = time.perf_counter()
+                for action in actions:
+                    obs.append(env.step(action)[0])
+                sec = time.perf_counter() - t0
+                best[name] = max(best.get(name, 0.0), steps / sec)
+                observations[name] = torch.stack(obs).numpy()
+    finally:
+        fast_ee.install()
+        env.close()
+    return {
+        "env_id": env_id,
+        "control_mode": control_mode,
+        "fast_path_applies": applies,
+        "steps": steps,
+        "fast_steps_per_sec": round(best["fast"], 1),
+        "maniskill_steps_per_sec": round(best["maniskill"], 1),
+        "speedup": round(best["fast"] / best["maniskill"], 3),
+        "identical_observations": bool(np.array_equal(observations["fast"], observations["maniskill"])),
+    }
+
+
 def benchmark(
     *,
     env_id: str = "PushCube-v1",
@@ -178,6 +223,11 @@ def benchmark(
                     }
                 )
                 rounds.setdefault(f"{kind}/replay", []).append(replay_steps_per_sec(env, seeds, recorder.actions))
+    ee_controller = (
+        ee_controller_speed(spec.env_id, spec.control_mode, spec.max_episode_steps, repeats)
+        if spec.sim_backend == "physx_cpu"
+        else {"skipped": "GPU simulator"}
+    )
     best = {k: max(v, key=lambda r: r["steps_per_sec"]) for k, v in rounds.items()}
     raw_sps = best["raw"]["steps_per_sec"]
     rows: list[dict[str, Any]] = [{"name": "raw (random actions)", **best["raw"], "ratio": 1.0}]
@@ -215,6 +265,7 @@ def benchmark(
         "repeats": repeats,
         "rows": rows,
         "rounds": rounds,
+        "ee_controller": ee_controller,
         "goal": "rollout >= 0.8 x raw steps/s (linear policy: the evaluator's own overhead)",
         "command": command,
     }
@@ -229,6 +280,14 @@ def benchmark(
         print(
             f"| {r['name']} | {r.get('params', '-')} | {r['steps_per_sec']} | {r['ratio']:.2f} | {vs_replay} | "
             f"{r.get('policy_sec', '-')} | {r.get('env_sec', r['sec'])} |"
+        )
+    ee = result["ee_controller"]
+    if "skipped" not in ee:
+        print(
+            f"one CPU env, {ee['control_mode']}: {ee['fast_steps_per_sec']} steps/s with the fast EE controller path vs "
+            f"{ee['maniskill_steps_per_sec']} with ManiSkill's own ({ee['speedup']:.2f}x), identical observations: "
+            f"{ee['identical_observations']}"
+            + ("" if ee["fast_path_applies"] else " (the fast path does not apply to this controller)")
         )
     spread = [r["steps_per_sec"] for r in rounds["raw"]]
     print(f"best of {repeats} interleaved rounds; raw steps/s per round: {spread} (machine noise)")

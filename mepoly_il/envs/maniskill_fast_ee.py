@@ -112,6 +112,13 @@ def _fast_kind(ctrl, pos_cls, pose_cls) -> str | None:
     return None
 
 
+def applies(ctrl) -> bool:
+    """Whether the fast path takes ``ctrl``'s ``set_action`` (False for other controllers and setups)."""
+    from mani_skill.agents.controllers.pd_ee_pose import PDEEPoseController, PDEEPosController
+
+    return isinstance(ctrl, PDEEPosController) and _fast_kind(ctrl, PDEEPosController, PDEEPoseController) is not None
+
+
 def install() -> bool:
     """Route ManiSkill's end-effector controllers' ``set_action`` through the fast path where it applies; idempotent.
     Returns whether the fast path is active (False when turned off or when this ManiSkill's controller differs)."""
