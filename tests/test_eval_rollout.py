@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,10 @@ def test_rollout_metrics_match_the_maniskill_wrapper():
     policy = ScriptedPusher()
     spec = env_spec_for(PUSHCUBE, max_episode_steps=STEPS)
     seeds = eval_seeds(0, 2)
+    assert gc.get_freeze_count() == 0
     with make_eval_env(spec, num_envs=1) as env:
+        # in-process, the env keeps ManiSkill's per-rebuild collections short by freezing what exists (see close())
+        assert gc.get_freeze_count() > 0
         assert env.control_mode == "pd_ee_delta_pos" and (env.obs_dim, env.act_dim) == (35, 4)
         result = run_episodes(policy, env, seeds)
         assert policy.calls == 2 * STEPS  # Ta = 1: one chunk per step, queues cleared between episodes
@@ -71,6 +76,7 @@ def test_rollout_metrics_match_the_maniskill_wrapper():
             ep = out.info["episode"]
             reference.append((bool(ep["success_once"][0]), bool(ep["success_at_end"][0]), float(ep["return"][0])))
             assert out.truncated.all()
+    assert gc.get_freeze_count() == 0  # close() thawed this process's objects
     rows = result.rows
     assert [r["seed"] for r in rows] == seeds and [r["episode"] for r in rows] == [0, 1]
     assert all(r["episode_len"] == STEPS for r in rows)
