@@ -284,7 +284,7 @@ def benchmark(
     ee = result["ee_controller"]
     if "skipped" not in ee:
         print(
-            f"one CPU env, {ee['control_mode']}: {ee['fast_steps_per_sec']} steps/s with the fast EE controller path vs "
+            f"one CPU env, {ee['control_mode']}: {ee['fast_steps_per_sec']} steps/s with the fast EE path vs "
             f"{ee['maniskill_steps_per_sec']} with ManiSkill's own ({ee['speedup']:.2f}x), identical observations: "
             f"{ee['identical_observations']}"
             + ("" if ee["fast_path_applies"] else " (the fast path does not apply to this controller)")

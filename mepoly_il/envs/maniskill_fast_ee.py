@@ -93,7 +93,7 @@ def target_pose_at_base_rotated(
 
 
 def _fast_kind(ctrl, pos_cls, pose_cls) -> str | None:
-    """"pos" or "pose" when ``ctrl`` is a case the fast path reproduces exactly (see the module docstring)."""
+    """ "pos" or "pose" when ``ctrl`` is a case the fast path reproduces exactly (see the module docstring)."""
     cfg = ctrl.config
     scene = ctrl.scene
     if (
@@ -114,7 +114,7 @@ def _fast_kind(ctrl, pos_cls, pose_cls) -> str | None:
 
 def applies(ctrl) -> bool:
     """Whether the fast path takes ``ctrl``'s ``set_action`` (False for other controllers and setups)."""
-    from mani_skill.agents.controllers.pd_ee_pose import PDEEPoseController, PDEEPosController
+    from mani_skill.agents.controllers.pd_ee_pose import PDEEPosController, PDEEPoseController
 
     return isinstance(ctrl, PDEEPosController) and _fast_kind(ctrl, PDEEPosController, PDEEPoseController) is not None
 
@@ -127,7 +127,7 @@ def install() -> bool:
     import torch
 
     try:
-        from mani_skill.agents.controllers.pd_ee_pose import PDEEPoseController, PDEEPosController
+        from mani_skill.agents.controllers.pd_ee_pose import PDEEPosController, PDEEPoseController
         from mani_skill.utils.geometry.rotation_conversions import euler_angles_to_matrix, matrix_to_quaternion
         from mani_skill.utils.structs import Pose
     except ImportError:  # a ManiSkill laid out differently keeps its own controller
