@@ -189,6 +189,23 @@ def test_stage2_freezes_encoder_bit_identically_and_moves_decoder(dataset, stage
     assert not module.policy.action_encoder.training  # kept in eval mode although Lightning called train()
 
 
+@pytest.mark.parametrize("every", [1, 2])
+def test_foreach_ema_callback_gives_lightnings_weights_bit_for_bit(dataset, tmp_path, every):
+    from mepoly_il.policies.ema import EMAWeightAveraging as ForeachEMA
+
+    weights = []
+    for callback in (EMAWeightAveraging, ForeachEMA):
+        torch.manual_seed(0)
+        module = Stage1Module({**SHAPE, **HORIZON_KW, **TINY_KW}, latent_plot_samples=0)
+        dm = DemoDataModule(str(dataset), batch_size=32, val_ratio=0.0, **HORIZON_KW)
+        ema = callback(decay=0.9, update_every_n_steps=every)
+        trainer(tmp_path / callback.__module__, 6, callbacks=[ema]).fit(module, dm)
+        weights.append(module.state_dict())  # the EMA weights, copied in at the end of training
+    lightning, ours = weights
+    assert lightning.keys() == ours.keys()
+    assert all(torch.equal(lightning[k], ours[k]) for k in lightning)
+
+
 def test_save_load_gives_identical_actions(dataset, stage1_ckpt, tmp_path):
     module = Stage2Module(str(stage1_ckpt), policy=PRIOR)
     dm = DemoDataModule(str(dataset), batch_size=32, **HORIZON_KW)

@@ -79,9 +79,9 @@ class StepTimer:
 def _fit(module, data_cfg: dict[str, Any], dataset: Path, steps: int, batch_size: int | None, root: Path):
     """Train ``module`` for ``steps`` steps; returns the per-step times."""
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EMAWeightAveraging
 
     from mepoly_il.data.datamodule import DemoDataModule
+    from mepoly_il.policies.ema import EMAWeightAveraging
 
     data = {k: v for k, v in data_cfg.items() if k in ("obs_horizon", "act_horizon", "pred_horizon", "batch_size")}
     if batch_size:
