@@ -204,6 +204,8 @@ def test_foreach_ema_callback_gives_lightnings_weights_bit_for_bit(dataset, tmp_
     lightning, ours = weights
     assert lightning.keys() == ours.keys()
     assert all(torch.equal(lightning[k], ours[k]) for k in lightning)
+    # the same key for the callback's state in checkpoints: a run started with Lightning's class resumes with ours
+    assert ForeachEMA(decay=0.9).state_key == EMAWeightAveraging(decay=0.9).state_key
 
 
 def test_save_load_gives_identical_actions(dataset, stage1_ckpt, tmp_path):
