@@ -93,7 +93,8 @@ def target_pose_at_base_rotated(
 
 
 def _fast_kind(ctrl, pos_cls, pose_cls) -> str | None:
-    """ "pos" or "pose" when ``ctrl`` is a case the fast path reproduces exactly (see the module docstring)."""
+    """Which target the fast path computes for ``ctrl`` ("pos" or "pose"); None for cases it does not reproduce
+    exactly (see the module docstring)."""
     cfg = ctrl.config
     scene = ctrl.scene
     if (
