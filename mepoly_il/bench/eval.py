@@ -121,7 +121,10 @@ def ee_controller_speed(env_id: str, control_mode: str, steps: int, repeats: int
         observations: dict[str, np.ndarray] = {}
         for _ in range(repeats):
             for name, fast in (("fast", True), ("maniskill", False)):
-                fast_ee.install() if fast else fast_ee.uninstall()
+                if fast:
+                    fast_ee.install()
+                else:
+                    fast_ee.uninstall()
                 # a fresh scene each round: PhysX keeps contact state across plain resets
                 env.reset(seed=0, options={"reconfigure": True})
                 obs = []

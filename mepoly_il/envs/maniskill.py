@@ -2,7 +2,7 @@
 
 This is the only ``envs`` module that imports ``mani_skill`` / ``sapien`` (besides the package's own task,
 :mod:`.maniskill_reacharound`, which it imports to register, and :mod:`.maniskill_fast_ee`, the faster CPU path of
-ManiSkill's end-effector position controller, which it installs); the demo pipeline
+ManiSkill's end-effector controllers, which it installs); the demo pipeline
 (:mod:`mepoly_il.data.maniskill`) imports the simulator through :func:`import_maniskill` too, so a broken install
 fails with the same single line everywhere. Nothing here imports ``mepoly_il.data``.
 
@@ -123,9 +123,9 @@ def _make_cpu_env(spec: EvalEnvSpec):
 
     env = gym.make(spec.env_id, **_make_kwargs(spec))
     # ManiSkill ends every scene rebuild (each reset, with reconfiguration_freq=1) in a full gc.collect(), to free GPU
-    # memory. In a process holding torch and the simulator that traversal cost ~0.16 s per episode on a 2-core CPU,
-    # 5x the rebuild itself. Freezing what exists now limits those collections to the objects created since: the
-    # scenes of later episodes, which they still free.
+    # memory. In a process holding torch and the simulator a PushCube rebuild then took 0.26-0.28 s on a 2-core CPU,
+    # 0.05 s without that traversal. Freezing what exists now limits those collections to the objects created since:
+    # the scenes of later episodes, which they still free.
     gc.collect()
     gc.freeze()
     return CPUGymWrapper(env, ignore_terminations=True, record_metrics=True)
