@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from mepoly_il.data.maniskill.sim import check_expert_env
+from mepoly_il.envs.maniskill_fast_ee import quat_mul
 from mepoly_il.errors import UserError
 
 ENV_ID = "PushT-v1"
@@ -301,24 +302,10 @@ class _Planner:
 # ------------------------------------------------------------------------------------------------------------------
 # the expert
 # ------------------------------------------------------------------------------------------------------------------
-def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of quaternions (w, x, y, z)."""
-    w1, x1, y1, z1 = a
-    w2, x2, y2, z2 = b
-    return np.array(
-        [
-            w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
-            w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-            w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
-            w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
-        ]
-    )
-
-
 def _rotvec_to(q_from: np.ndarray, q_to: np.ndarray) -> np.ndarray:
     """Rotation vector (3,) of ``q_to * q_from^-1``: the world-frame turn taking ``q_from`` to ``q_to``."""
     inv = q_from * np.array([1.0, -1.0, -1.0, -1.0])
-    d = _qmul(q_to, inv)
+    d = quat_mul(q_to, inv)
     if d[0] < 0:
         d = -d
     n = np.linalg.norm(d[1:])

@@ -33,8 +33,9 @@ _CONJ = np.array([1.0, -1.0, -1.0, -1.0], dtype=_F32)
 _ZERO = np.zeros(1, dtype=_F32)
 
 
-def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Quaternion product (w first), term order as ManiSkill's ``quaternion_raw_multiply``."""
+def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of quaternions (w, x, y, z) in the inputs' dtype, term order as ManiSkill's
+    ``quaternion_raw_multiply`` (so float32 inputs give its float32 results exactly)."""
     aw, ax, ay, az = a
     bw, bx, by, bz = b
     return np.array(
@@ -43,19 +44,18 @@ def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             aw * bx + ax * bw + ay * bz - az * by,
             aw * by - ax * bz + ay * bw + az * bx,
             aw * bz + ax * by - ay * bx + az * bw,
-        ),
-        dtype=_F32,
+        )
     )
 
 
 def _rotate(q: np.ndarray, p: np.ndarray) -> np.ndarray:
     """``q`` applied to the point ``p``: q * (0, p) * conj(q), as ManiSkill's ``quaternion_apply``."""
-    return _qmul(_qmul(q, np.concatenate((_ZERO, p))), q * _CONJ)[1:]
+    return quat_mul(quat_mul(q, np.concatenate((_ZERO, p))), q * _CONJ)[1:]
 
 
 def _compose(p1: np.ndarray, q1: np.ndarray, p2: np.ndarray, q2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pose product (p1, q1) * (p2, q2), as ManiSkill's ``Pose.__mul__`` (product standardized to w >= 0)."""
-    q = _qmul(q1, q2)
+    q = quat_mul(q1, q2)
     if q[0] < 0:
         q = -q
     return p1 + _rotate(q1, p2), q
@@ -86,7 +86,7 @@ def target_pose_at_base_rotated(
     """The pose controller's target (``root_translation:root_aligned_body_rotation``): the end effector's pose in
     the root frame, translated by ``delta`` (3,) and turned by the quaternion ``delta_q`` (4,) in the root frame."""
     ee_p, ee_q = _ee_at_base(root_pose, ee_pose)
-    q = _qmul(np.asarray(delta_q, _F32), ee_q)
+    q = quat_mul(np.asarray(delta_q, _F32), ee_q)
     if q[0] < 0:
         q = -q
     return ee_p + np.asarray(delta, _F32), q
