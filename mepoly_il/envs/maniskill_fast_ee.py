@@ -137,8 +137,8 @@ def install() -> bool:
     stock = PDEEPosController.set_action
     if getattr(stock, "_mepoly_fast", False):
         return True
-    needed = ("_preprocess_action", "qpos", "ee_pose_at_base", "compute_target_pose", "set_drive_targets")
-    if not all(hasattr(PDEEPosController, name) for name in needed):
+    used = ("_preprocess_action", "qpos", "set_drive_targets")  # the class-level pieces the fast path calls
+    if not all(hasattr(PDEEPosController, name) for name in used):
         return False
 
     def set_action(self, action):
